@@ -1,0 +1,231 @@
+"""Apply one EventBatch to the store in one transaction, set-based, in a fixed order.
+
+1. DIDs that appear with a live record for the first time get an `accounts` row and a
+   pending backfill per collection.
+2. Account events move each known DID to its newest lifecycle state (DESIGN section 4,
+   invariant 4); `deleted` purges the DID's rows for good, hiding statuses flag them.
+3. Identity events keep handles current.
+4. Commits, reduced to the winning version per URI, are upserted by rev: a write lands only
+   if it is newer than the stored version (row or tombstone), so replays, duplicates and
+   out-of-order arrival all converge to the same state.
+5. Gaps are recorded and the cursor moves, in the same transaction as the data it covers.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import duckdb
+import pyarrow as pa
+
+from mirror_assets.batch import EventBatch
+
+# The total order that picks one version per URI, in the batch and against the store:
+# higher rev, then a delete over a create at the same rev, then the higher CID.
+_NEWER = """
+    excluded.rev > record_versions.rev
+    OR (excluded.rev = record_versions.rev
+        AND (excluded.deleted::INT, coalesce(excluded.cid, ''))
+            > (record_versions.deleted::INT, coalesce(record_versions.cid, '')))
+"""
+
+
+def _latest_per_did(table: str) -> str:
+    """The newest event per DID of an account or identity batch, by the event's own time."""
+    return f"""
+    SELECT *, coalesce(try_cast(event_time AS TIMESTAMPTZ), '-infinity'::TIMESTAMPTZ) AS event_at
+    FROM {table}
+    QUALIFY row_number() OVER (
+        PARTITION BY did ORDER BY event_at DESC, event_seq DESC, seq DESC) = 1
+    """
+
+
+_REGISTER_DIDS = """
+INSERT INTO accounts (did, status, hidden, first_seen_at, updated_at)
+SELECT DISTINCT did, 'active', false, now(), now()
+FROM batch_commits
+WHERE NOT deleted AND did NOT IN (SELECT did FROM accounts)
+RETURNING did
+"""
+
+_QUEUE_BACKFILLS = """
+INSERT INTO backfills (did, collection, status, updated_at)
+SELECT DISTINCT c.did, c.collection, 'pending', now()
+FROM batch_commits c JOIN accounts a ON a.did = c.did AND a.status <> 'deleted'
+WHERE NOT c.deleted
+ON CONFLICT DO NOTHING
+"""
+
+# Newest account event per known, not deleted DID, turned into the state it leads to.
+# `throttled`, `desynchronized` and inactive-without-status keep the current status.
+_ACCOUNT_CHANGES = f"""
+CREATE TEMP TABLE account_changes AS
+WITH latest AS ({_latest_per_did("batch_accounts")})
+SELECT l.did, l.event_at, l.event_seq, a.status AS old_status,
+    CASE WHEN l.active THEN 'active'
+         WHEN l.status IN ('takendown', 'suspended', 'deactivated', 'deleted') THEN l.status
+         ELSE a.status END AS status
+FROM latest l JOIN accounts a ON a.did = l.did
+WHERE a.status <> 'deleted'
+  AND (a.account_time IS NULL OR l.event_at > a.account_time
+       OR (l.event_at = a.account_time AND l.event_seq >= a.account_seq))
+"""
+
+_UPDATE_ACCOUNTS = """
+UPDATE accounts SET status = c.status, hidden = c.status <> 'active',
+    account_time = c.event_at, account_seq = c.event_seq, updated_at = now()
+FROM account_changes c WHERE accounts.did = c.did
+"""
+
+_PURGE_DELETED = """
+DELETE FROM record_versions
+WHERE did IN (SELECT did FROM account_changes WHERE status = 'deleted')
+"""
+
+_DROP_DELETED_BACKFILLS = """
+DELETE FROM backfills WHERE did IN (SELECT did FROM account_changes WHERE status = 'deleted')
+"""
+
+_SYNC_HIDDEN = """
+UPDATE record_versions SET hidden = (c.status <> 'active')
+FROM account_changes c
+WHERE record_versions.did = c.did AND c.status <> c.old_status
+  AND record_versions.hidden <> (c.status <> 'active')
+"""
+
+_UPDATE_HANDLES = f"""
+WITH latest AS ({_latest_per_did("batch_identities")})
+UPDATE accounts SET handle = l.handle, identity_time = l.event_at, identity_seq = l.event_seq,
+    updated_at = now()
+FROM latest l
+WHERE accounts.did = l.did AND accounts.status <> 'deleted'
+  AND (accounts.identity_time IS NULL OR l.event_at > accounts.identity_time
+       OR (l.event_at = accounts.identity_time AND l.event_seq >= accounts.identity_seq))
+"""
+
+_UPSERT_RECORDS = f"""
+INSERT INTO record_versions
+    (uri, did, collection, rkey, cid, record, rev, time_us, deleted, hidden, indexed_at)
+SELECT c.uri, c.did, c.collection, c.rkey, c.cid, c.record::JSON, c.rev, c.time_us, c.deleted,
+    coalesce(a.hidden, false), now()
+FROM (
+    SELECT * FROM batch_commits
+    QUALIFY row_number() OVER (
+        PARTITION BY uri ORDER BY rev DESC, deleted DESC, coalesce(cid, '') DESC, seq DESC) = 1
+) c
+LEFT JOIN accounts a ON a.did = c.did
+WHERE a.status IS DISTINCT FROM 'deleted'
+ON CONFLICT (uri) DO UPDATE SET
+    cid = excluded.cid, record = excluded.record, rev = excluded.rev,
+    time_us = excluded.time_us, deleted = excluded.deleted, hidden = excluded.hidden,
+    indexed_at = excluded.indexed_at
+WHERE {_NEWER}
+RETURNING deleted
+"""
+
+_RECORD_GAPS = """
+INSERT INTO ingest_gaps
+SELECT now(), endpoint, cursor_us, first_event_us, (first_event_us - cursor_us) / 1e6
+FROM batch_gaps
+"""
+
+_MOVE_CURSOR = """
+INSERT INTO ingest_state VALUES (1, $cursor, $endpoint, now())
+ON CONFLICT (id) DO UPDATE SET
+    cursor_us = greatest(ingest_state.cursor_us, excluded.cursor_us),
+    endpoint = excluded.endpoint, updated_at = excluded.updated_at
+"""
+
+
+@dataclass
+class ApplyResult:
+    """What one transaction changed."""
+
+    upserted: int = 0  # live rows written (new records and newer versions)
+    tombstoned: int = 0  # deletes written (a live row turned tombstone, or a new tombstone)
+    stale: int = 0  # commits that lost to the stored version or to a newer one in the batch
+    purged: int = 0  # rows removed because their account was deleted
+    hidden_changed: int = 0  # rows hidden or shown again by account status changes
+    accounts_changed: int = 0
+    handles_updated: int = 0
+    new_dids: list[str] = field(default_factory=list)
+    gaps: int = 0
+    cursor_us: int | None = None
+    lock_wait_seconds: float = 0.0
+    seconds: float = 0.0
+
+    def add(self, other: ApplyResult) -> None:
+        """Fold another transaction's result into this running total."""
+        for name in ("upserted", "tombstoned", "stale", "purged", "hidden_changed"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.accounts_changed += other.accounts_changed
+        self.handles_updated += other.handles_updated
+        self.new_dids.extend(other.new_dids)
+        self.gaps += other.gaps
+        if other.cursor_us is not None:
+            self.cursor_us = max(self.cursor_us or 0, other.cursor_us)
+        self.lock_wait_seconds = max(self.lock_wait_seconds, other.lock_wait_seconds)
+        self.seconds += other.seconds
+
+
+def _count(result: list[tuple[int, ...]]) -> int:
+    """The row count a DuckDB statement reports."""
+    return result[0][0] if result else 0
+
+
+def apply_batch(con: duckdb.DuckDBPyConnection, batch: EventBatch) -> ApplyResult:
+    """Apply the batch inside the caller's open transaction."""
+    started = time.perf_counter()
+    result = ApplyResult()
+    con.register("batch_commits", batch.commits)
+    con.register("batch_accounts", batch.accounts)
+    con.register("batch_identities", batch.identities)
+    if batch.commits.num_rows:
+        result.new_dids = [row[0] for row in con.execute(_REGISTER_DIDS).fetchall()]
+        con.execute(_QUEUE_BACKFILLS).fetchall()
+    if batch.accounts.num_rows:
+        _apply_accounts(con, result)
+    if batch.identities.num_rows:
+        result.handles_updated = _count(con.execute(_UPDATE_HANDLES).fetchall())
+    if batch.commits.num_rows:
+        written = con.execute(_UPSERT_RECORDS).fetchall()
+        result.tombstoned = sum(1 for (deleted,) in written if deleted)
+        result.upserted = len(written) - result.tombstoned
+        result.stale = batch.commits.num_rows - len(written)
+    if batch.gaps:
+        _record_gaps(con, batch)
+        result.gaps = len(batch.gaps)
+    if batch.cursor_us is not None:
+        con.execute(_MOVE_CURSOR, {"cursor": batch.cursor_us, "endpoint": batch.endpoint})
+        result.cursor_us = batch.cursor_us
+    # No cleanup on error: the caller rolls back and closes the connection.
+    for name in ("batch_commits", "batch_accounts", "batch_identities"):
+        con.unregister(name)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _apply_accounts(con: duckdb.DuckDBPyConnection, result: ApplyResult) -> None:
+    con.execute(_ACCOUNT_CHANGES)
+    result.accounts_changed = _count(
+        con.execute("SELECT count(*) FROM account_changes WHERE status <> old_status").fetchall()
+    )
+    con.execute(_UPDATE_ACCOUNTS).fetchall()
+    result.purged = _count(con.execute(_PURGE_DELETED).fetchall())
+    con.execute(_DROP_DELETED_BACKFILLS).fetchall()
+    result.hidden_changed = _count(con.execute(_SYNC_HIDDEN).fetchall())
+    con.execute("DROP TABLE account_changes")
+
+
+def _record_gaps(con: duckdb.DuckDBPyConnection, batch: EventBatch) -> None:
+    gaps = pa.table(
+        {
+            "endpoint": [gap.endpoint for gap in batch.gaps],
+            "cursor_us": pa.array([gap.cursor_us for gap in batch.gaps], pa.int64()),
+            "first_event_us": pa.array([gap.first_event_us for gap in batch.gaps], pa.int64()),
+        }
+    )
+    con.register("batch_gaps", gaps)
+    con.execute(_RECORD_GAPS).fetchall()
+    con.unregister("batch_gaps")

@@ -1,0 +1,111 @@
+"""Settings read from the environment (and a `.env` file in the working directory).
+
+The variable names are the public interface documented in the README; every one has a
+safe default, so a fresh checkout runs without any configuration.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dotenv import load_dotenv
+
+from mirror_assets.nsids import CollectionFilter
+
+DEFAULT_COLLECTIONS = "app.blento.card,app.blento.page"
+DEFAULT_JETSTREAM_URLS = ",".join(
+    f"wss://{host}.bsky.network"
+    for host in (
+        "jetstream1.us-east",
+        "jetstream2.us-east",
+        "jetstream1.us-west",
+        "jetstream2.us-west",
+    )
+)
+
+
+class ConfigError(ValueError):
+    """A setting has a value the mirror cannot use."""
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _number(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if value <= 0:
+        raise ConfigError(f"{name}={raw!r} must be greater than zero")
+    return value
+
+
+@dataclass(frozen=True)
+class IngestLimits:
+    """When one ingest cycle stops reading and how it resumes (DESIGN section 6)."""
+
+    rewind_seconds: float = 5.0
+    idle_seconds: float = 5.0
+    max_seconds: float = 45.0
+    max_events: int = 2_000_000
+    flush_events: int = 50_000
+    gap_seconds: float = 300.0
+
+    @classmethod
+    def from_env(cls) -> IngestLimits:
+        return cls(
+            rewind_seconds=_number("INGEST_REWIND_SECONDS", cls.rewind_seconds),
+            idle_seconds=_number("INGEST_IDLE_SECONDS", cls.idle_seconds),
+            max_seconds=_number("INGEST_MAX_SECONDS", cls.max_seconds),
+            max_events=int(_number("INGEST_MAX_EVENTS", cls.max_events)),
+            flush_events=int(_number("INGEST_FLUSH_EVENTS", cls.flush_events)),
+            gap_seconds=_number("INGEST_GAP_SECONDS", cls.gap_seconds),
+        )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the mirror needs to know about where it reads and writes."""
+
+    collections: CollectionFilter = field(
+        default_factory=lambda: CollectionFilter.parse(DEFAULT_COLLECTIONS)
+    )
+    jetstream_urls: tuple[str, ...] = _split(DEFAULT_JETSTREAM_URLS)
+    db_path: Path = Path("data/mirror.duckdb")
+    plc_url: str = "https://plc.directory"
+    relay_url: str = "https://relay1.us-east.bsky.network"
+    allow_private_network: bool = False
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    dagster_port: int = 3000
+    ingest: IngestLimits = field(default_factory=IngestLimits)
+
+    @classmethod
+    def from_env(cls, env_file: Path | None = Path(".env")) -> Settings:
+        """Read the settings; a `.env` file fills in variables the environment lacks."""
+        if env_file is not None and env_file.is_file():
+            load_dotenv(env_file, override=False)
+        get = os.environ.get
+        urls = _split(get("JETSTREAM_URLS", "") or DEFAULT_JETSTREAM_URLS)
+        for url in urls:
+            if not url.startswith(("ws://", "wss://")):
+                raise ConfigError(f"JETSTREAM_URLS entry {url!r} must start with ws:// or wss://")
+        return cls(
+            collections=CollectionFilter.parse(get("COLLECTIONS", "") or DEFAULT_COLLECTIONS),
+            jetstream_urls=urls,
+            db_path=Path(get("MIRROR_DB", "") or "data/mirror.duckdb"),
+            plc_url=get("PLC_URL", "") or cls.plc_url,
+            relay_url=get("RELAY_URL", "") or cls.relay_url,
+            allow_private_network=get("MIRROR_ALLOW_PRIVATE_NETWORK", "") == "1",
+            api_host=get("API_HOST", "") or cls.api_host,
+            api_port=int(_number("API_PORT", cls.api_port)),
+            dagster_port=int(_number("DAGSTER_PORT", cls.dagster_port)),
+            ingest=IngestLimits.from_env(),
+        )

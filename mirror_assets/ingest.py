@@ -1,0 +1,128 @@
+"""One ingest cycle: read Jetstream from the stored cursor until caught up, apply in batches.
+
+Reading happens outside the lock; each flush is one short write transaction holding the
+batch's rows and the cursor they bring the mirror to (DESIGN section 4, invariant 1).
+A crash at any point leaves the file at the last committed flush, and the next cycle
+re-reads from there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from mirror_assets.apply import ApplyResult, apply_batch
+from mirror_assets.batch import BatchBuilder, EventBatch
+from mirror_assets.config import Settings
+from mirror_assets.jetstream import JetstreamReader, ReadStats
+from mirror_assets.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IngestReport:
+    """What one cycle read and what it changed."""
+
+    stats: ReadStats
+    applied: ApplyResult
+    cursor_before: int | None
+    cursor_after: int | None
+    flushes: int = 0
+    seconds: float = 0.0
+    finished_at: float = field(default_factory=time.time)
+
+    @property
+    def lag_seconds(self) -> float | None:
+        """How far the mirror's cursor trails the wall clock at the end of the cycle."""
+        if self.cursor_after is None:
+            return None
+        return max(0.0, self.finished_at - self.cursor_after / 1e6)
+
+    def summary(self) -> dict[str, int | float | str | None]:
+        """Flat numbers for run metadata and the CLI."""
+        applied, stats = self.applied, self.stats
+        summary: dict[str, int | float | str | None] = {
+            "frames": stats.frames,
+            **{f"events_{kind.replace(':', '_')}": n for kind, n in sorted(stats.events.items())},
+            **{f"skipped_{reason}": n for reason, n in sorted(stats.skipped.items())},
+            "rows_upserted": applied.upserted,
+            "rows_tombstoned": applied.tombstoned,
+            "rows_stale": applied.stale,
+            "rows_purged": applied.purged,
+            "rows_hidden_changed": applied.hidden_changed,
+            "accounts_changed": applied.accounts_changed,
+            "handles_updated": applied.handles_updated,
+            "new_dids": len(applied.new_dids),
+            "cursor_gaps": applied.gaps,
+            "cursor_before": self.cursor_before,
+            "cursor_after": self.cursor_after,
+            "cursor_after_iso": _iso(self.cursor_after),
+            "lag_seconds": None if self.lag_seconds is None else round(self.lag_seconds, 3),
+            "endpoint": stats.endpoint,
+            "connections": stats.connections,
+            "connection_failures": len(stats.failures),
+            "stop_reason": None if stats.stop_reason is None else str(stats.stop_reason),
+            "flushes": self.flushes,
+            "apply_seconds": round(applied.seconds, 3),
+            "max_lock_wait_seconds": round(applied.lock_wait_seconds, 3),
+            "seconds": round(self.seconds, 3),
+        }
+        return summary
+
+
+def _iso(time_us: int | None) -> str | None:
+    if time_us is None:
+        return None
+    return datetime.fromtimestamp(time_us / 1e6, tz=UTC).isoformat()
+
+
+def commit_batch(store: Store, batch: EventBatch) -> ApplyResult:
+    """Write one batch and its cursor in one transaction."""
+    with store.writing() as tx:
+        result = apply_batch(tx.con, batch)
+    result.lock_wait_seconds = tx.lock_wait.seconds
+    return result
+
+
+def run_ingest(settings: Settings, store: Store | None = None) -> IngestReport:
+    """Run one ingest cycle to completion (blocking)."""
+    return asyncio.run(ingest(settings, store or Store(settings.db_path)))
+
+
+async def ingest(settings: Settings, store: Store) -> IngestReport:
+    started = time.monotonic()
+    cursor_before = await asyncio.to_thread(store.cursor_us)
+    reader = JetstreamReader(
+        settings.jetstream_urls, settings.collections, settings.ingest, cursor_before
+    )
+    report = IngestReport(reader.stats, ApplyResult(), cursor_before, cursor_before)
+    builder = BatchBuilder()
+
+    async def flush() -> None:
+        result = await asyncio.to_thread(commit_batch, store, builder.build())
+        report.applied.add(result)
+        report.flushes += 1
+        if result.cursor_us is not None:
+            report.cursor_after = max(report.cursor_after or 0, result.cursor_us)
+
+    try:
+        async for delivery in reader.deliveries():
+            if delivery.gap is not None:
+                builder.note_gap(delivery.gap)
+            if delivery.event is not None:
+                builder.add(delivery.event)
+            builder.advance(delivery.time_us, delivery.endpoint)
+            if len(builder) >= settings.ingest.flush_events:
+                await flush()
+    finally:
+        # Whatever was read before an error is applied: it is valid, and the cursor says so.
+        if builder.has_pending:
+            await flush()
+        report.seconds = time.monotonic() - started
+        report.finished_at = time.time()
+    log.info("ingest cycle done: %s", report.summary())
+    return report

@@ -1,0 +1,128 @@
+"""The DuckDB schema, created on first use and migrated step by step after that.
+
+`record_versions` holds the newest known version of every record URI, live or deleted:
+one primary-key upsert then decides between a create, an update and a delete by rev
+(DESIGN section 4, invariant 2), and a deleted row is the tombstone that stops a late or
+replayed create. Analysts and the API read the views: `records` (live records of visible
+accounts, one row per record) and `tombstones`.
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+SCHEMA_VERSION = 1
+
+# Each entry upgrades the schema by one version; entry i takes version i to version i + 1.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
+
+    CREATE TABLE record_versions (
+        uri VARCHAR PRIMARY KEY,
+        did VARCHAR NOT NULL,
+        collection VARCHAR NOT NULL,
+        rkey VARCHAR NOT NULL,
+        cid VARCHAR,
+        record JSON,
+        rev VARCHAR NOT NULL,
+        time_us BIGINT NOT NULL,
+        deleted BOOLEAN NOT NULL,
+        hidden BOOLEAN NOT NULL,
+        indexed_at TIMESTAMPTZ NOT NULL
+    );
+
+    CREATE VIEW records AS
+        SELECT uri, did, collection, rkey, cid, record, rev, time_us, indexed_at
+        FROM record_versions WHERE NOT deleted AND NOT hidden;
+
+    CREATE VIEW tombstones AS
+        SELECT uri, did, collection, rkey, rev, time_us, indexed_at AS deleted_at
+        FROM record_versions WHERE deleted;
+
+    CREATE TABLE accounts (
+        did VARCHAR PRIMARY KEY,
+        handle VARCHAR,
+        pds VARCHAR,
+        status VARCHAR NOT NULL,
+        hidden BOOLEAN NOT NULL,
+        account_time TIMESTAMPTZ,
+        account_seq BIGINT,
+        identity_time TIMESTAMPTZ,
+        identity_seq BIGINT,
+        first_seen_at TIMESTAMPTZ NOT NULL,
+        updated_at TIMESTAMPTZ NOT NULL
+    );
+
+    CREATE TABLE backfills (
+        did VARCHAR NOT NULL,
+        collection VARCHAR NOT NULL,
+        status VARCHAR NOT NULL,
+        pds_cursor VARCHAR,
+        repo_rev VARCHAR,
+        pages INTEGER NOT NULL DEFAULT 0,
+        records INTEGER NOT NULL DEFAULT 0,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error VARCHAR,
+        updated_at TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (did, collection)
+    );
+
+    CREATE TABLE ingest_state (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        cursor_us BIGINT NOT NULL,
+        endpoint VARCHAR,
+        updated_at TIMESTAMPTZ NOT NULL
+    );
+
+    CREATE TABLE ingest_gaps (
+        detected_at TIMESTAMPTZ NOT NULL,
+        endpoint VARCHAR NOT NULL,
+        cursor_us BIGINT NOT NULL,
+        first_event_us BIGINT NOT NULL,
+        gap_seconds DOUBLE NOT NULL
+    );
+    """,
+)
+
+TABLES = ("record_versions", "accounts", "backfills", "ingest_state", "ingest_gaps", "meta")
+VIEWS = ("records", "tombstones")
+
+
+class SchemaTooNewError(RuntimeError):
+    """The file was written by a newer version of the mirror."""
+
+
+def current_version(con: duckdb.DuckDBPyConnection) -> int:
+    exists = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'meta' AND schema_name = 'main'"
+    ).fetchall()[0][0]
+    if not exists:
+        return 0
+    rows = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()
+    return int(rows[0][0]) if rows else 0
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> int:
+    """Bring the schema to SCHEMA_VERSION in the caller's transaction; return the old version."""
+    version = current_version(con)
+    if version > SCHEMA_VERSION:
+        raise SchemaTooNewError(
+            f"the database has schema version {version}, this mirror knows up to "
+            f"{SCHEMA_VERSION}: upgrade the mirror, or point MIRROR_DB at another file"
+        )
+    for script in MIGRATIONS[version:]:
+        con.execute(script)
+    if version < SCHEMA_VERSION:
+        con.execute(
+            "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
+        )
+    return version
+
+
+def drop_all(con: duckdb.DuckDBPyConnection) -> None:
+    """Remove every table and view of the mirror (for `mirror reset`)."""
+    for view in VIEWS:
+        con.execute(f"DROP VIEW IF EXISTS {view}")
+    for table in TABLES:
+        con.execute(f"DROP TABLE IF EXISTS {table}")
