@@ -32,7 +32,8 @@ _NEWER = """
 
 
 def _latest_per_did(table: str) -> str:
-    """The newest event per DID of an account or identity batch, by the event's own time."""
+    """The newest event per DID of an account or identity batch (a table or a parenthesised
+    query), by the event's own time."""
     return f"""
     SELECT *, coalesce(try_cast(event_time AS TIMESTAMPTZ), '-infinity'::TIMESTAMPTZ) AS event_at
     FROM {table}
@@ -57,15 +58,19 @@ WHERE NOT c.deleted
 ON CONFLICT DO NOTHING
 """
 
-# Newest account event per known, not deleted DID, turned into the state it leads to.
-# `throttled`, `desynchronized` and inactive-without-status keep the current status.
+# Newest deciding account event per known, not deleted DID, turned into the state it leads to.
+# `throttled`, `desynchronized` and inactive-without-status change nothing, so they take no
+# part at all: as the newest event of a batch they would mask an older deciding one, and as
+# the stored account time they would make a late-arriving older deciding event look stale.
+_DECIDING_ACCOUNTS = """(
+    SELECT * FROM batch_accounts
+    WHERE active OR status IN ('takendown', 'suspended', 'deactivated', 'deleted'))"""
+
 _ACCOUNT_CHANGES = f"""
 CREATE TEMP TABLE account_changes AS
-WITH latest AS ({_latest_per_did("batch_accounts")})
+WITH latest AS ({_latest_per_did(_DECIDING_ACCOUNTS)})
 SELECT l.did, l.event_at, l.event_seq, a.status AS old_status,
-    CASE WHEN l.active THEN 'active'
-         WHEN l.status IN ('takendown', 'suspended', 'deactivated', 'deleted') THEN l.status
-         ELSE a.status END AS status
+    CASE WHEN l.active THEN 'active' ELSE l.status END AS status
 FROM latest l JOIN accounts a ON a.did = l.did
 WHERE a.status <> 'deleted'
   AND (a.account_time IS NULL OR l.event_at > a.account_time

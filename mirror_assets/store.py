@@ -7,6 +7,7 @@ never happens inside `Store.writing()`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from pathlib import Path
 import duckdb
 
 from mirror_assets.lock import LockWait, read_lock, write_lock
-from mirror_assets.schema import drop_all, migrate
+from mirror_assets.schema import SCHEMA_VERSION, current_version, drop_all, migrate
 
 
 @dataclass
@@ -38,7 +39,7 @@ class Store:
         """One write transaction under the write lock; commits on success, rolls back on error."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with write_lock(self.path, self.lock_timeout) as wait:
-            con = duckdb.connect(str(self.path))
+            con = self._connect(read_only=False)
             try:
                 con.execute("BEGIN TRANSACTION")
                 migrate(con)
@@ -56,12 +57,42 @@ class Store:
         """A read-only connection under the read lock (the schema is created if missing)."""
         if not self.path.exists():
             self.init()
+        with self._read_only() as con:
+            if current_version(con) >= SCHEMA_VERSION:
+                yield con
+                return
+        # The file exists without the schema (a writer was killed inside the file's first
+        # transaction) or with an older one: create or migrate it, then read.
+        self.init()
+        with self._read_only() as con:
+            yield con
+
+    @contextmanager
+    def _read_only(self) -> Iterator[duckdb.DuckDBPyConnection]:
         with read_lock(self.path, self.lock_timeout):
-            con = duckdb.connect(str(self.path), read_only=True)
+            con = self._connect(read_only=True)
             try:
                 yield con
             finally:
                 con.close()
+
+    def _connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        """Open the file; wait out a process that holds it without taking our lock.
+
+        Every process of the mirror goes through the lock, but an analyst's DuckDB shell
+        does not: its open file makes ours fail with "Could not set lock". Waiting for it
+        (up to the lock timeout) turns a short outside read into a delay instead of an error.
+        """
+        deadline = time.monotonic() + self.lock_timeout
+        delay = 0.05
+        while True:
+            try:
+                return duckdb.connect(str(self.path), read_only=read_only)
+            except duckdb.IOException as error:
+                if "lock" not in str(error).lower() or time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
 
     def init(self) -> None:
         """Create or migrate the schema."""

@@ -1,0 +1,81 @@
+"""What the mirror holds right now: counts, cursor and lag, backfills, gaps (`mirror status`)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import duckdb
+
+
+@dataclass(frozen=True)
+class CollectionCounts:
+    collection: str
+    records: int  # live and visible
+    hidden: int  # live, of takendown, suspended or deactivated accounts
+    tombstones: int
+    dids: int
+
+
+@dataclass(frozen=True)
+class MirrorStatus:
+    schema_version: int
+    collections: list[CollectionCounts]
+    cursor_us: int | None
+    cursor_endpoint: str | None
+    accounts_by_status: dict[str, int]
+    backfills_by_status: dict[str, int]
+    gaps: list[tuple[datetime, str, float]]  # detected at, endpoint, seconds lost
+    read_at: float = field(default_factory=time.time)
+
+    @property
+    def cursor_iso(self) -> str | None:
+        if self.cursor_us is None:
+            return None
+        return datetime.fromtimestamp(self.cursor_us / 1e6, tz=UTC).isoformat()
+
+    @property
+    def lag_seconds(self) -> float | None:
+        if self.cursor_us is None:
+            return None
+        return max(0.0, self.read_at - self.cursor_us / 1e6)
+
+
+def read_status(con: duckdb.DuckDBPyConnection, recent_gaps: int = 5) -> MirrorStatus:
+    collections = [
+        CollectionCounts(*row)
+        for row in con.execute(
+            """
+            SELECT collection,
+                count(*) FILTER (WHERE NOT deleted AND NOT hidden),
+                count(*) FILTER (WHERE NOT deleted AND hidden),
+                count(*) FILTER (WHERE deleted),
+                count(DISTINCT did) FILTER (WHERE NOT deleted)
+            FROM record_versions GROUP BY collection ORDER BY collection
+            """
+        ).fetchall()
+    ]
+    cursor = con.execute("SELECT cursor_us, endpoint FROM ingest_state").fetchall()
+    version = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()
+    return MirrorStatus(
+        schema_version=int(version[0][0]),
+        collections=collections,
+        cursor_us=cursor[0][0] if cursor else None,
+        cursor_endpoint=cursor[0][1] if cursor else None,
+        accounts_by_status=_counts(con, "accounts"),
+        backfills_by_status=_counts(con, "backfills"),
+        gaps=[
+            (row[0], row[1], row[2])
+            for row in con.execute(
+                "SELECT detected_at, endpoint, gap_seconds FROM ingest_gaps "
+                "ORDER BY detected_at DESC LIMIT ?",
+                [recent_gaps],
+            ).fetchall()
+        ],
+    )
+
+
+def _counts(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, int]:
+    rows = con.execute(f"SELECT status, count(*) FROM {table} GROUP BY status ORDER BY status")
+    return {status: count for status, count in rows.fetchall()}

@@ -1,0 +1,167 @@
+"""The `mirror` command as an operator runs it: a real process, a real file, a real Dagster."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import httpx
+import pytest
+
+from mirror_assets.store import Store
+from tests.events_factory import PAGE, account, at, create, did
+from tests.jetstream_server import JetstreamServer
+
+PROJECT = Path(__file__).resolve().parent.parent
+MIRROR = str(Path(sys.executable).parent / "mirror")
+
+
+def mirror(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [MIRROR, *args],
+        cwd=cwd,
+        env={**os.environ, "MIRROR_DB": str(cwd / "data" / "mirror.duckdb"), **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working folder like the project root: dagster.yaml and workspace.yaml, no data."""
+    for name in ("dagster.yaml", "workspace.yaml"):
+        shutil.copyfile(PROJECT / name, tmp_path / name)
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    return tmp_path
+
+
+def test_init_then_status_on_an_empty_mirror(project: Path) -> None:
+    init = mirror(project, "init")
+    assert init.returncode == 0, init.stderr
+    assert "schema ready" in init.stdout
+    assert (project / "data" / "mirror.duckdb").is_file()
+
+    status = mirror(project, "status")
+    assert status.returncode == 0, status.stderr
+    assert "cursor: none yet" in status.stdout
+    assert "backfills: none" in status.stdout
+
+
+def test_ingest_runs_through_dagster_and_status_shows_it(project: Path) -> None:
+    with JetstreamServer() as server:
+        server.add(create(did("alice"), "a1", rev=1, t=1))
+        server.add(create(did("alice"), "a2", rev=2, t=2))
+        server.add(create(did("bob"), "b1", rev=1, t=3, collection=PAGE))
+        server.add(account(did("bob"), active=False, status="takendown", t=4))
+        run = mirror(project, "ingest", JETSTREAM_URLS=server.url, INGEST_IDLE_SECONDS="0.5")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert ": success" in run.stdout
+    assert "rows_upserted: 3" in run.stdout
+    assert "accounts_changed: 1" in run.stdout
+
+    # The run is recorded in the project's Dagster instance, as a run of the `ingest` job.
+    with dg.DagsterInstance.from_config(str(project / ".dagster")) as instance:
+        runs = instance.get_runs(filters=dg.RunsFilter(job_name="ingest"))
+    assert [r.status for r in runs] == [dg.DagsterRunStatus.SUCCESS]
+
+    status = mirror(project, "status")
+    assert status.returncode == 0, status.stderr
+    lines = status.stdout.splitlines()
+    assert any(line.split() == ["app.blento.card", "2", "0", "0", "1"] for line in lines), lines
+    assert any(line.split() == ["app.blento.page", "0", "1", "0", "1"] for line in lines), lines
+    assert "accounts: active 1, takendown 1" in status.stdout
+    assert "backfills: pending 2" in status.stdout
+    assert f"cursor: {at(4)} " in status.stdout
+
+
+def test_reset_asks_first_and_then_empties_the_mirror(project: Path) -> None:
+    db = project / "data" / "mirror.duckdb"
+    with JetstreamServer() as server:
+        server.add(create(did("alice"), "a1", rev=1, t=1))
+        assert mirror(project, "ingest", JETSTREAM_URLS=server.url).returncode == 0
+
+    refused = mirror(project, "reset")
+    assert refused.returncode == 2
+    assert "--yes" in refused.stderr
+    with Store(db).reading() as con:
+        assert con.execute("SELECT count(*) FROM records").fetchall() == [(1,)]
+
+    done = mirror(project, "reset", "--yes")
+    assert done.returncode == 0, done.stderr
+    with Store(db).reading() as con:
+        assert con.execute("SELECT count(*) FROM record_versions").fetchall() == [(0,)]
+        assert con.execute("SELECT count(*) FROM ingest_state").fetchall() == [(0,)]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("JETSTREAM_URLS", "http://example.com", "must start with ws:// or wss://"),
+        ("COLLECTIONS", "not a collection", "is neither an NSID"),
+        ("INGEST_IDLE_SECONDS", "soon", "is not a number"),
+    ],
+)
+def test_bad_configuration_is_a_clear_error(
+    project: Path, variable: str, value: str, message: str
+) -> None:
+    result = mirror(project, "status", **{variable: value})
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_run_starts_dagster_and_the_api_and_ctrl_c_stops_both(project: Path) -> None:
+    api_port, dagster_port = _free_port(), _free_port()
+    env = {
+        **os.environ,
+        "MIRROR_DB": str(project / "data" / "mirror.duckdb"),
+        "API_PORT": str(api_port),
+        "DAGSTER_PORT": str(dagster_port),
+        "JETSTREAM_URLS": "ws://127.0.0.1:9",  # nothing listens: no network needed
+    }
+    process = subprocess.Popen(
+        [MIRROR, "run"], cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        api = _wait_for(f"http://127.0.0.1:{api_port}/health")
+        assert api.json() == {"status": "ok"}
+        ui = _wait_for(f"http://127.0.0.1:{dagster_port}/server_info")
+        assert "dagster_webserver_version" in ui.json()
+        assert (project / ".dagster" / "dagster.yaml").is_file()
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) is not None
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{api_port}/health", timeout=2)
+
+
+def _wait_for(url: str, timeout: float = 90.0) -> httpx.Response:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            response = httpx.get(url, timeout=2)
+            if response.status_code == 200:
+                return response
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{url} did not answer within {timeout} s")
+        time.sleep(0.5)
