@@ -139,7 +139,10 @@ _MOVE_CURSOR = """
 INSERT INTO ingest_state VALUES (1, $cursor, $endpoint, now())
 ON CONFLICT (id) DO UPDATE SET
     cursor_us = greatest(ingest_state.cursor_us, excluded.cursor_us),
-    endpoint = excluded.endpoint, updated_at = excluded.updated_at
+    -- The endpoint names the clock the cursor was read on: it changes with the cursor.
+    endpoint = CASE WHEN excluded.cursor_us >= ingest_state.cursor_us
+        THEN excluded.endpoint ELSE ingest_state.endpoint END,
+    updated_at = excluded.updated_at
 """
 
 
@@ -149,7 +152,7 @@ class ApplyResult:
 
     upserted: int = 0  # live rows written (new records and newer versions)
     tombstoned: int = 0  # deletes written (a live row turned tombstone, or a new tombstone)
-    stale: int = 0  # commits that lost to the stored version or to a newer one in the batch
+    stale: int = 0  # commits not written: older or unchanged versions, deleted accounts
     purged: int = 0  # rows removed because their account was deleted
     hidden_changed: int = 0  # rows hidden or shown again by account status changes
     accounts_changed: int = 0

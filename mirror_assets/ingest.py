@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from mirror_assets.apply import ApplyResult, apply_batch
 from mirror_assets.batch import BatchBuilder, EventBatch
 from mirror_assets.config import Settings
-from mirror_assets.jetstream import JetstreamReader, ReadStats
+from mirror_assets.jetstream import JetstreamReader, JetstreamUnavailableError, ReadStats
 from mirror_assets.store import Store
 
 log = logging.getLogger(__name__)
@@ -110,19 +110,23 @@ async def ingest(settings: Settings, store: Store) -> IngestReport:
             report.cursor_after = max(report.cursor_after or 0, result.cursor_us)
 
     try:
-        async for delivery in reader.deliveries():
-            if delivery.gap is not None:
-                builder.note_gap(delivery.gap)
-            if delivery.event is not None:
-                builder.add(delivery.event)
-            builder.advance(delivery.time_us, delivery.endpoint)
-            if len(builder) >= settings.ingest.flush_events:
+        try:
+            async for delivery in reader.deliveries():
+                if delivery.gap is not None:
+                    builder.note_gap(delivery.gap)
+                if delivery.event is not None:
+                    builder.add(delivery.event)
+                builder.advance(delivery.time_us, delivery.endpoint)
+                if len(builder) >= settings.ingest.flush_events:
+                    await flush()
+        finally:
+            # What was read before an error is applied: it is valid, and the cursor says so.
+            if builder.has_pending:
                 await flush()
-    finally:
-        # Whatever was read before an error is applied: it is valid, and the cursor says so.
-        if builder.has_pending:
-            await flush()
-        report.seconds = time.monotonic() - started
-        report.finished_at = time.time()
+            report.seconds = time.monotonic() - started
+            report.finished_at = time.time()
+    except JetstreamUnavailableError as error:
+        error.add_note(f"committed before the failure: {report.summary()}")
+        raise
     log.info("ingest cycle done: %s", report.summary())
     return report

@@ -147,14 +147,17 @@ class JetstreamReader:
             self.stats.connections += 1
             self.stats.endpoint = url
             while True:
+                if self.stats.frames >= limits.max_events:
+                    self.stats.stop_reason = StopReason.EVENT_BUDGET
+                    return
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     self.stats.stop_reason = StopReason.TIME_BUDGET
                     return
                 try:
-                    frame = await asyncio.wait_for(
-                        ws.recv(), timeout=min(limits.idle_seconds, remaining)
-                    )
+                    # asyncio.timeout, not wait_for: no task per frame on Python 3.11.
+                    async with asyncio.timeout(min(limits.idle_seconds, remaining)):
+                        frame = await ws.recv()
                 except TimeoutError:
                     timed_out_on_budget = time.monotonic() >= deadline
                     self.stats.stop_reason = (
@@ -172,9 +175,6 @@ class JetstreamReader:
                 yield delivery
                 if delivery.time_us >= started_us:
                     self.stats.stop_reason = StopReason.CAUGHT_UP
-                    return
-                if self.stats.frames >= limits.max_events:
-                    self.stats.stop_reason = StopReason.EVENT_BUDGET
                     return
 
     def _decode(self, frame: str | bytes, url: str) -> Delivery | None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-# An NSID is dot-separated segments of letters, digits and hyphens (the last may not hold
-# hyphens); a wildcard replaces the final segments with `*`.
-_SEGMENT = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})?"
+# An NSID is three or more dot-separated segments; this check is deliberately lenient
+# (letters, digits and inner hyphens in every segment) and leaves the fine print to
+# Jetstream. A wildcard replaces the final segments with `*`.
+_SEGMENT = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _NSID = re.compile(rf"^{_SEGMENT}(?:\.{_SEGMENT}){{2,}}$")
 _PREFIX = re.compile(rf"^{_SEGMENT}(?:\.{_SEGMENT})*\.\*$")
 MAX_COLLECTIONS = 100  # Jetstream's own limit on wantedCollections
