@@ -43,12 +43,27 @@ def _latest_per_did(table: str) -> str:
 
 
 _REGISTER_DIDS = """
-INSERT INTO accounts (did, status, hidden, first_seen_at, updated_at)
-SELECT DISTINCT did, 'active', false, now(), now()
+INSERT INTO accounts (did, status, hidden, first_seen_us, first_seen_at, updated_at)
+SELECT did, 'active', false, min(time_us), now(), now()
 FROM batch_commits
 WHERE NOT deleted AND did NOT IN (SELECT did FROM accounts)
+GROUP BY did
 RETURNING did
 """
+
+
+def _since_first_seen(table: str) -> str:
+    """Events of a batch for DIDs the mirror holds, from the DID's first live commit on.
+
+    Whether an identity or account event counts must not depend on where flushes or
+    restarts cut the stream: "is the DID known yet?" does, "is the event at or after the
+    DID's first live commit?" does not. (A new account's handle announced before its first
+    record is thus left to identity resolution.)
+    """
+    return f"""(
+    SELECT b.* FROM {table} b JOIN accounts a ON a.did = b.did
+    WHERE b.time_us >= a.first_seen_us)"""
+
 
 _QUEUE_BACKFILLS = """
 INSERT INTO backfills (did, collection, status, updated_at)
@@ -62,8 +77,8 @@ ON CONFLICT DO NOTHING
 # `throttled`, `desynchronized` and inactive-without-status change nothing, so they take no
 # part at all: as the newest event of a batch they would mask an older deciding one, and as
 # the stored account time they would make a late-arriving older deciding event look stale.
-_DECIDING_ACCOUNTS = """(
-    SELECT * FROM batch_accounts
+_DECIDING_ACCOUNTS = f"""(
+    SELECT * FROM {_since_first_seen("batch_accounts")}
     WHERE active OR status IN ('takendown', 'suspended', 'deactivated', 'deleted'))"""
 
 _ACCOUNT_CHANGES = f"""
@@ -100,7 +115,7 @@ WHERE record_versions.did = c.did AND c.status <> c.old_status
 """
 
 _UPDATE_HANDLES = f"""
-WITH latest AS ({_latest_per_did("batch_identities")})
+WITH latest AS ({_latest_per_did(_since_first_seen("batch_identities"))})
 UPDATE accounts SET handle = l.handle, identity_time = l.event_at, identity_seq = l.event_seq,
     updated_at = now()
 FROM latest l

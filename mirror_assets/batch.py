@@ -35,6 +35,7 @@ ACCOUNT_SCHEMA = pa.schema(
         ("status", pa.string()),
         ("event_time", pa.string()),
         ("event_seq", pa.int64()),
+        ("time_us", pa.int64()),
     ]
 )
 IDENTITY_SCHEMA = pa.schema(
@@ -44,6 +45,7 @@ IDENTITY_SCHEMA = pa.schema(
         ("handle", pa.string()),
         ("event_time", pa.string()),
         ("event_seq", pa.int64()),
+        ("time_us", pa.int64()),
     ]
 )
 
@@ -138,6 +140,7 @@ class BatchBuilder:
         columns["status"].append(info.status)
         columns["event_time"].append(info.time)
         columns["event_seq"].append(info.seq)
+        columns["time_us"].append(event.time_us)
 
     def _add_identity(self, event: IdentityEvent) -> None:
         info = event.identity
@@ -147,6 +150,7 @@ class BatchBuilder:
         columns["handle"].append(info.handle)
         columns["event_time"].append(info.time)
         columns["event_seq"].append(info.seq)
+        columns["time_us"].append(event.time_us)
 
     def build(self) -> EventBatch:
         """Hand over everything collected so far and start empty."""

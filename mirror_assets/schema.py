@@ -50,6 +50,7 @@ MIGRATIONS: tuple[str, ...] = (
         account_seq BIGINT,
         identity_time TIMESTAMPTZ,
         identity_seq BIGINT,
+        first_seen_us BIGINT NOT NULL,  -- time_us of its first live commit seen
         first_seen_at TIMESTAMPTZ NOT NULL,
         updated_at TIMESTAMPTZ NOT NULL
     );
