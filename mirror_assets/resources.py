@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import dagster as dg
 
 from mirror_assets.config import IngestLimits, Settings
 from mirror_assets.nsids import CollectionFilter
-from mirror_assets.store import Store
 
 
 class MirrorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
@@ -30,17 +30,11 @@ class MirrorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MirrorResource:
-        limits = settings.ingest
         return cls(
             db_path=str(settings.db_path),
             collections=str(settings.collections),
             jetstream_urls=",".join(settings.jetstream_urls),
-            rewind_seconds=limits.rewind_seconds,
-            idle_seconds=limits.idle_seconds,
-            max_seconds=limits.max_seconds,
-            max_events=limits.max_events,
-            flush_events=limits.flush_events,
-            gap_seconds=limits.gap_seconds,
+            **asdict(settings.ingest),
         )
 
     @classmethod
@@ -52,15 +46,5 @@ class MirrorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             collections=CollectionFilter.parse(self.collections),
             jetstream_urls=tuple(u.strip() for u in self.jetstream_urls.split(",") if u.strip()),
             db_path=Path(self.db_path),
-            ingest=IngestLimits(
-                rewind_seconds=self.rewind_seconds,
-                idle_seconds=self.idle_seconds,
-                max_seconds=self.max_seconds,
-                max_events=self.max_events,
-                flush_events=self.flush_events,
-                gap_seconds=self.gap_seconds,
-            ),
+            ingest=IngestLimits(**{f.name: getattr(self, f.name) for f in fields(IngestLimits)}),
         )
-
-    def store(self) -> Store:
-        return Store(Path(self.db_path))

@@ -42,6 +42,7 @@ from mirror_assets.lock import read_lock
 from mirror_assets.schema import current_version
 from mirror_assets.store import Store
 from tests.jetstream_server import JetstreamServer
+from tests.proc_locks import flock_holders
 
 COLLECTIONS = ("app.blento.card", "app.blento.page")
 UNTRACKED = "app.bsky.feed.like"
@@ -201,23 +202,6 @@ def build_stream(seed: int = 20240607, n_dids: int = 140, commits_per_did: int =
 # -- processes and locks -------------------------------------------------------------------------
 
 
-def _flock_holders(path: Path) -> dict[int, str]:
-    """pid -> 'READ' or 'WRITE' for every process holding a flock on `path` (not waiters)."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return {}
-    device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    holders = {}
-    for line in Path("/proc/locks").read_text().splitlines():
-        fields = line.split()
-        if "->" in fields or len(fields) < 6 or fields[1] != "FLOCK":
-            continue
-        if fields[5] == device:
-            holders[int(fields[4])] = fields[3]
-    return holders
-
-
 def _wait_stopped(pid: int) -> None:
     """Until the kernel reports the process as stopped (SIGSTOP is delivered asynchronously)."""
     deadline = time.monotonic() + 10
@@ -290,7 +274,7 @@ class IngestProcess:
         deadline = time.monotonic() + 60
         while self.process.poll() is None:
             assert time.monotonic() < deadline, "the ingest never reached the transaction"
-            held = _flock_holders(rw).get(self.pid) == "WRITE"
+            held = flock_holders(rw).get(self.pid) == "WRITE"
             if held and not was_held:
                 transactions += 1
                 held_at = time.monotonic()
@@ -302,7 +286,7 @@ class IngestProcess:
                 time.sleep(rng.uniform(0, 0.01))
             os.kill(self.pid, signal.SIGSTOP)
             _wait_stopped(self.pid)
-            inside = _flock_holders(rw).get(self.pid) == "WRITE"
+            inside = flock_holders(rw).get(self.pid) == "WRITE"
             db_open = _has_open(self.pid, db)
             wal_present = wal.exists()
             if inside and db_open and wal_present == (phase == "commit"):

@@ -32,6 +32,7 @@ import pytest
 
 from mirror_assets.lock import LockTimeoutError, LockWait, read_lock, write_lock
 from mirror_assets.store import Store
+from tests.proc_locks import flock_holders
 
 SPAWN = mp.get_context("spawn")
 WAIT = 30.0  # how long a worker or the test waits for something that must happen
@@ -83,20 +84,6 @@ def _intervals(marks: list[Mark], enter: str, leave: str) -> list[tuple[int, int
             spans.append((mark.pid, open_at.pop(mark.pid), mark.ns))
     assert not open_at, f"entered but never left: {open_at}"
     return spans
-
-
-def _flock_holders(path: Path) -> dict[int, str]:
-    """pid -> 'READ' or 'WRITE' for every process holding a flock on `path` (not waiters)."""
-    st = path.stat()
-    device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    holders = {}
-    for line in Path("/proc/locks").read_text().splitlines():
-        fields = line.split()
-        if "->" in fields or len(fields) < 6 or fields[1] != "FLOCK":
-            continue
-        if fields[5] == device:
-            holders[int(fields[4])] = fields[3]
-    return holders
 
 
 def _wait_for(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
@@ -362,14 +349,14 @@ def test_writer_is_not_starved_by_continuous_readers(
 
     # Start the writer only once the readers are busy, and two are inside at the same time.
     def readers_overlap() -> bool:
-        return sum(1 for mode in _flock_holders(_rw(db)).values() if mode == "READ") >= 2
+        return sum(1 for mode in flock_holders(_rw(db)).values() if mode == "READ") >= 2
 
     _wait_for(lambda: _rw(db).exists() and readers_overlap(), "two readers inside at once")
     go.set()
     # Watch the gate from outside: when does the writer hold it (i.e. is it waiting or in)?
     gate_held: list[int] = []
     while writer.is_alive():
-        if _gate(db).exists() and _flock_holders(_gate(db)).get(writer.pid or -1) == "WRITE":
+        if _gate(db).exists() and flock_holders(_gate(db)).get(writer.pid or -1) == "WRITE":
             gate_held.append(time.monotonic_ns())
         time.sleep(0.0002)
     stop.set()
@@ -444,7 +431,7 @@ def test_killed_waiting_writer_does_not_block_readers(
     writer_holding = SPAWN.Event()  # keep a reference: the child unpickles it later
     writer = spawn(_hold_forever, str(db), "write", writer_holding)
     _wait_for(
-        lambda: _flock_holders(_gate(db)).get(writer.pid or -1) == "WRITE",
+        lambda: flock_holders(_gate(db)).get(writer.pid or -1) == "WRITE",
         "the writer to hold the gate while it waits",
     )
     with pytest.raises(LockTimeoutError), read_lock(db, timeout=0.2):
