@@ -5,9 +5,10 @@
 2. Account events move each known DID to its newest lifecycle state (DESIGN section 4,
    invariant 4); `deleted` purges the DID's rows for good, hiding statuses flag them.
 3. Identity events keep handles current.
-4. Commits, reduced to the winning version per URI, are upserted by rev: a write lands only
-   if it is newer than the stored version (row or tombstone), so replays, duplicates and
-   out-of-order arrival all converge to the same state.
+4. Commits, reduced to the winning version per URI, replace the stored version (row or
+   tombstone) only if they are newer. "Newer" is a total order, the same in the batch and
+   against the store: the higher rev, then a delete over a create at the same rev, then
+   the higher CID. So replays, duplicates and out-of-order arrival converge.
 5. Gaps are recorded and the cursor moves, in the same transaction as the data it covers.
 """
 
@@ -20,15 +21,6 @@ import duckdb
 import pyarrow as pa
 
 from mirror_assets.batch import EventBatch
-
-# The total order that picks one version per URI, in the batch and against the store:
-# higher rev, then a delete over a create at the same rev, then the higher CID.
-_NEWER = """
-    excluded.rev > record_versions.rev
-    OR (excluded.rev = record_versions.rev
-        AND (excluded.deleted::INT, coalesce(excluded.cid, ''))
-            > (record_versions.deleted::INT, coalesce(record_versions.cid, '')))
-"""
 
 
 def _latest_per_did(table: str) -> str:
@@ -124,11 +116,12 @@ WHERE accounts.did = l.did AND accounts.status <> 'deleted'
        OR (l.event_at = accounts.identity_time AND l.event_seq >= accounts.identity_seq))
 """
 
-_UPSERT_RECORDS = f"""
-INSERT INTO record_versions
-    (uri, did, collection, rkey, cid, record, rev, time_us, deleted, hidden, indexed_at)
-SELECT c.uri, c.did, c.collection, c.rkey, c.cid, c.record::JSON, c.rev, c.time_us, c.deleted,
-    coalesce(a.hidden, false), now()
+# Commits, in four set-based steps. No index: a primary-key (ART) upsert costs several
+# times more per row at 10,000,000 random URIs than finding the stored versions through
+# `uri_hash`, an 8-byte MD5 prefix that DuckDB scans in milliseconds (docs/data-model.md).
+_STAGE_INCOMING = """
+CREATE TEMP TABLE incoming AS
+SELECT c.*, md5_number_lower(c.uri) AS uri_hash, coalesce(a.hidden, false) AS hidden
 FROM (
     SELECT * FROM batch_commits
     QUALIFY row_number() OVER (
@@ -136,13 +129,40 @@ FROM (
 ) c
 LEFT JOIN accounts a ON a.did = c.did
 WHERE a.status IS DISTINCT FROM 'deleted'
-ON CONFLICT (uri) DO UPDATE SET
-    cid = excluded.cid, record = excluded.record, rev = excluded.rev,
-    time_us = excluded.time_us, deleted = excluded.deleted, hidden = excluded.hidden,
-    indexed_at = excluded.indexed_at
-WHERE {_NEWER}
-RETURNING deleted
 """
+
+# The stored versions of those URIs: candidate row ids by hash, then the rows themselves.
+_FIND_STORED = """
+CREATE TEMP TABLE stored AS
+SELECT rowid AS row_id, uri, rev, deleted, cid FROM record_versions
+WHERE rowid IN (
+    SELECT rowid FROM record_versions WHERE uri_hash IN (SELECT uri_hash FROM incoming))
+"""
+
+# What lands: URIs not stored yet, and versions newer than the stored ones (row or tombstone).
+_PICK_WINNERS = """
+CREATE TEMP TABLE winners AS
+SELECT i.*, s.row_id AS replaces
+FROM incoming i LEFT JOIN stored s ON s.uri = i.uri
+WHERE s.uri IS NULL
+   OR i.rev > s.rev
+   OR (i.rev = s.rev
+       AND (i.deleted::INT, coalesce(i.cid, '')) > (s.deleted::INT, coalesce(s.cid, '')))
+"""
+
+_REPLACE_ROWS = """
+DELETE FROM record_versions
+WHERE rowid IN (SELECT replaces FROM winners WHERE replaces IS NOT NULL)
+"""
+
+_INSERT_WINNERS = """
+INSERT INTO record_versions
+    (uri, uri_hash, did, collection, rkey, cid, record, rev, time_us, deleted, hidden, indexed_at)
+SELECT uri, uri_hash, did, collection, rkey, cid, record::JSON, rev, time_us, deleted, hidden, now()
+FROM winners
+"""
+
+_COUNT_WINNERS = "SELECT count(*), count(*) FILTER (WHERE deleted) FROM winners"
 
 _RECORD_GAPS = """
 INSERT INTO ingest_gaps
@@ -212,10 +232,8 @@ def apply_batch(con: duckdb.DuckDBPyConnection, batch: EventBatch) -> ApplyResul
     if batch.identities.num_rows:
         result.handles_updated = _count(con.execute(_UPDATE_HANDLES).fetchall())
     if batch.commits.num_rows:
-        written = con.execute(_UPSERT_RECORDS).fetchall()
-        result.tombstoned = sum(1 for (deleted,) in written if deleted)
-        result.upserted = len(written) - result.tombstoned
-        result.stale = batch.commits.num_rows - len(written)
+        _apply_commits(con, result)
+        result.stale = batch.commits.num_rows - result.upserted - result.tombstoned
     if batch.gaps:
         _record_gaps(con, batch)
         result.gaps = len(batch.gaps)
@@ -235,10 +253,20 @@ def _apply_accounts(con: duckdb.DuckDBPyConnection, result: ApplyResult) -> None
         con.execute("SELECT count(*) FROM account_changes WHERE status <> old_status").fetchall()
     )
     con.execute(_UPDATE_ACCOUNTS).fetchall()
-    result.purged = _count(con.execute(_PURGE_DELETED).fetchall())
-    con.execute(_DROP_DELETED_BACKFILLS).fetchall()
-    result.hidden_changed = _count(con.execute(_SYNC_HIDDEN).fetchall())
+    if result.accounts_changed:  # each of these scans the DID column of every record
+        result.purged = _count(con.execute(_PURGE_DELETED).fetchall())
+        con.execute(_DROP_DELETED_BACKFILLS).fetchall()
+        result.hidden_changed = _count(con.execute(_SYNC_HIDDEN).fetchall())
     con.execute("DROP TABLE account_changes")
+
+
+def _apply_commits(con: duckdb.DuckDBPyConnection, result: ApplyResult) -> None:
+    for statement in (_STAGE_INCOMING, _FIND_STORED, _PICK_WINNERS, _REPLACE_ROWS):
+        con.execute(statement).fetchall()
+    con.execute(_INSERT_WINNERS).fetchall()
+    written, tombstoned = con.execute(_COUNT_WINNERS).fetchall()[0]
+    result.upserted, result.tombstoned = written - tombstoned, tombstoned
+    con.execute("DROP TABLE incoming; DROP TABLE stored; DROP TABLE winners")
 
 
 def _record_gaps(con: duckdb.DuckDBPyConnection, batch: EventBatch) -> None:

@@ -19,7 +19,8 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
 
     CREATE TABLE record_versions (
-        uri VARCHAR PRIMARY KEY,
+        uri VARCHAR NOT NULL,  -- unique: the apply step keeps one version per URI
+        uri_hash UBIGINT NOT NULL,  -- md5_number_lower(uri): how the apply step finds it
         did VARCHAR NOT NULL,
         collection VARCHAR NOT NULL,
         rkey VARCHAR NOT NULL,

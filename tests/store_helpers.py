@@ -97,10 +97,12 @@ def snapshot(path: Path) -> Snapshot:
         for uri, did_, collection, rkey, rev_, time_us in con.execute(
             "SELECT uri, did, collection, rkey, rev, time_us FROM tombstones"
         ).fetchall():
+            assert uri not in snap.tombstones, f"two tombstones for {uri}"
             snap.tombstones[uri] = TombstoneRow(did_, collection, rkey, rev_, time_us)
         for uri, rev_, deleted, hidden in con.execute(
             "SELECT uri, rev, deleted, hidden FROM record_versions"
         ).fetchall():
+            assert uri not in snap.versions, f"two versions of {uri}"
             snap.versions[uri] = Version(rev_, deleted, hidden)
         for did_, handle, status, hidden in con.execute(
             "SELECT did, handle, status, hidden FROM accounts"
