@@ -55,7 +55,7 @@ class IngestLimits:
     idle_seconds: float = 5.0
     max_seconds: float = 45.0
     max_events: int = 2_000_000
-    flush_events: int = 50_000
+    flush_events: int = 200_000
     gap_seconds: float = 300.0
 
     @classmethod

@@ -1,7 +1,8 @@
 """One ingest cycle: read Jetstream from the stored cursor until caught up, apply in batches.
 
-Reading happens outside the lock; each flush is one short write transaction holding the
-batch's rows and the cursor they bring the mirror to (DESIGN section 4, invariant 1).
+Reading happens outside the lock; each flush is one write transaction holding the batch's
+rows and the cursor they bring the mirror to (DESIGN section 4, invariant 1), committed in
+a worker thread while the next batch is read.
 A crash at any point leaves the file at the last committed flush, and the next cycle
 re-reads from there.
 """
@@ -18,9 +19,14 @@ from mirror_assets.apply import ApplyResult, apply_batch
 from mirror_assets.batch import BatchBuilder, EventBatch
 from mirror_assets.config import Settings
 from mirror_assets.jetstream import JetstreamReader, JetstreamUnavailableError, ReadStats
+from mirror_assets.lock import MAX_POLL_SECONDS
 from mirror_assets.store import Store
 
 log = logging.getLogger(__name__)
+
+# The file stays free at least this long between two write transactions of a cycle: longer
+# than a waiting reader's longest poll of the lock, so readers get in.
+_READER_WINDOW_SECONDS = 1.5 * MAX_POLL_SECONDS
 
 
 @dataclass
@@ -93,6 +99,39 @@ def run_ingest(settings: Settings, store: Store | None = None) -> IngestReport:
     return asyncio.run(ingest(settings, store or Store(settings.db_path)))
 
 
+class BatchWriter:
+    """Commits batches in a worker thread while the event loop reads the next one.
+
+    Batches still commit one at a time and in order, each with the cursor it brings the
+    mirror to, so a crash leaves the file at the end of some batch.
+    """
+
+    def __init__(self, store: Store, report: IngestReport) -> None:
+        self._store = store
+        self._report = report
+        self._in_flight: asyncio.Future[ApplyResult] | None = None
+        self._file_free_since = 0.0
+
+    async def submit(self, batch: EventBatch) -> None:
+        await self.drain()
+        # Back-to-back transactions would keep the file from readers, who poll the lock.
+        await asyncio.sleep(self._file_free_since + _READER_WINDOW_SECONDS - time.monotonic())
+        self._in_flight = asyncio.ensure_future(asyncio.to_thread(commit_batch, self._store, batch))
+
+    async def drain(self) -> None:
+        """Wait for the batch in flight, if any, and add its result to the report."""
+        if self._in_flight is None:
+            return
+        future, self._in_flight = self._in_flight, None
+        result = await future
+        self._file_free_since = time.monotonic()
+        report = self._report
+        report.applied.add(result)
+        report.flushes += 1
+        if result.cursor_us is not None:
+            report.cursor_after = max(report.cursor_after or 0, result.cursor_us)
+
+
 async def ingest(settings: Settings, store: Store) -> IngestReport:
     started = time.monotonic()
     cursor_before = await asyncio.to_thread(store.cursor_us)
@@ -101,14 +140,7 @@ async def ingest(settings: Settings, store: Store) -> IngestReport:
     )
     report = IngestReport(reader.stats, ApplyResult(), cursor_before, cursor_before)
     builder = BatchBuilder()
-
-    async def flush() -> None:
-        result = await asyncio.to_thread(commit_batch, store, builder.build())
-        report.applied.add(result)
-        report.flushes += 1
-        if result.cursor_us is not None:
-            report.cursor_after = max(report.cursor_after or 0, result.cursor_us)
-
+    writer = BatchWriter(store, report)
     try:
         try:
             async for delivery in reader.deliveries():
@@ -118,13 +150,16 @@ async def ingest(settings: Settings, store: Store) -> IngestReport:
                     builder.add(delivery.event)
                 builder.advance(delivery.time_us, delivery.endpoint)
                 if len(builder) >= settings.ingest.flush_events:
-                    await flush()
+                    await writer.submit(builder.build())
         finally:
             # What was read before an error is applied: it is valid, and the cursor says so.
-            if builder.has_pending:
-                await flush()
-            report.seconds = time.monotonic() - started
-            report.finished_at = time.time()
+            try:
+                if builder.has_pending:
+                    await writer.submit(builder.build())
+            finally:
+                await writer.drain()
+                report.seconds = time.monotonic() - started
+                report.finished_at = time.time()
     except JetstreamUnavailableError as error:
         error.add_note(f"committed before the failure: {report.summary()}")
         raise

@@ -19,6 +19,7 @@ from enum import StrEnum
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import websockets
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from mirror_assets.batch import CursorGap
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 
 MAX_FRAME_BYTES = 4 * 1024 * 1024  # a record is at most 1 MiB; leave room for the envelope
 _RECONNECT_DELAY = 0.2
+_CHUNK_FRAMES = 256  # frames taken off the socket under one timer
+_LINGER_SECONDS = 0.05  # how long a started chunk waits for more frames
 
 
 class StopReason(StrEnum):
@@ -143,39 +146,69 @@ class JetstreamReader:
             open_timeout=min(10.0, max(0.1, deadline - time.monotonic())),
             max_size=MAX_FRAME_BYTES,
             compression=None,
+            # No keepalive pings: a pong queues behind every frame not yet read, so a flush
+            # (or a lock wait) longer than ping_timeout dropped healthy connections. A dead
+            # connection is caught by idle_seconds instead.
+            ping_interval=None,
         ) as ws:
             self.stats.connections += 1
             self.stats.endpoint = url
             while True:
+                frames, stop = await self._receive(ws, limits.idle_seconds, deadline)
+                for frame in frames:
+                    if self.stats.frames >= limits.max_events:
+                        self.stats.stop_reason = StopReason.EVENT_BUDGET
+                        return
+                    delivery = self._decode(frame, url)
+                    if delivery is None:
+                        continue
+                    if first_event:
+                        first_event = False
+                        if cursor is not None:
+                            delivery.gap = self._gap(url, cursor, delivery.time_us)
+                    self._last_time_us = delivery.time_us
+                    yield delivery
+                    if delivery.time_us >= started_us:
+                        self.stats.stop_reason = StopReason.CAUGHT_UP
+                        return
+                if stop is not None:
+                    self.stats.stop_reason = stop
+                    return
                 if self.stats.frames >= limits.max_events:
                     self.stats.stop_reason = StopReason.EVENT_BUDGET
                     return
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    self.stats.stop_reason = StopReason.TIME_BUDGET
-                    return
-                try:
-                    # asyncio.timeout, not wait_for: no task per frame on Python 3.11.
-                    async with asyncio.timeout(min(limits.idle_seconds, remaining)):
-                        frame = await ws.recv()
-                except TimeoutError:
-                    timed_out_on_budget = time.monotonic() >= deadline
-                    self.stats.stop_reason = (
-                        StopReason.TIME_BUDGET if timed_out_on_budget else StopReason.IDLE
-                    )
-                    return
-                delivery = self._decode(frame, url)
-                if delivery is None:
-                    continue
-                if first_event:
-                    first_event = False
-                    if cursor is not None:
-                        delivery.gap = self._gap(url, cursor, delivery.time_us)
-                self._last_time_us = delivery.time_us
-                yield delivery
-                if delivery.time_us >= started_us:
-                    self.stats.stop_reason = StopReason.CAUGHT_UP
-                    return
+
+    @staticmethod
+    async def _receive(
+        ws: ClientConnection, idle_seconds: float, deadline: float
+    ) -> tuple[list[str | bytes], StopReason | None]:
+        """Up to _CHUNK_FRAMES frames, under one timer for the whole chunk.
+
+        A timer per frame (asyncio.timeout: 3.6 us, or wait_for: 9 us) cost as much as
+        the receive itself (3.5 us). Once a frame is in hand the rest of the chunk waits at most
+        _LINGER_SECONDS, so a slow stream is delivered promptly. The timer is never held
+        across the caller's `yield`, so a slow consumer (a flush) cannot trip it.
+        """
+        frames: list[str | bytes] = []
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return frames, StopReason.TIME_BUDGET
+        try:
+            async with asyncio.timeout(min(idle_seconds, remaining)) as timer:
+                frames.append(await ws.recv())
+                linger = asyncio.get_running_loop().time() + _LINGER_SECONDS
+                timer.reschedule(min(linger, timer.when() or linger))
+                while len(frames) < _CHUNK_FRAMES:
+                    frames.append(await ws.recv())
+        except TimeoutError:
+            if not frames:
+                timed_out_on_budget = time.monotonic() >= deadline
+                return frames, StopReason.TIME_BUDGET if timed_out_on_budget else StopReason.IDLE
+        except ConnectionClosed:
+            if not frames:
+                raise
+            # Deliver what arrived first; the next receive raises again.
+        return frames, None
 
     def _decode(self, frame: str | bytes, url: str) -> Delivery | None:
         """Decode and filter one frame; count what is skipped. None: nothing to deliver."""

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _FIRST_POLL = 0.0005
-_MAX_POLL = 0.02
+MAX_POLL_SECONDS = 0.02  # a waiting process looks at the lock at least this often
 
 
 class LockTimeoutError(TimeoutError):
@@ -61,7 +61,7 @@ def _acquire(fd: int, mode: int, deadline: float, what: str) -> None:
                     "(check running Dagster runs) or an analyst holds the file open"
                 ) from None
             time.sleep(min(delay, deadline - now))
-            delay = min(delay * 2, _MAX_POLL)
+            delay = min(delay * 2, MAX_POLL_SECONDS)
 
 
 @contextmanager
