@@ -1,10 +1,10 @@
 """The DuckDB schema, created on first use and migrated step by step after that.
 
 `record_versions` holds the newest known version of every record URI, live or deleted:
-one primary-key upsert then decides between a create, an update and a delete by rev
-(DESIGN section 4, invariant 2), and a deleted row is the tombstone that stops a late or
-replayed create. Analysts and the API read the views: `records` (live records of visible
-accounts, one row per record) and `tombstones`.
+one replace-if-newer step (`apply.py`) then decides between a create, an update and a
+delete by rev (DESIGN section 4, invariant 2), and a deleted row is the tombstone that
+stops a late or replayed create. Analysts and the API read the views: `records` (live
+records of visible accounts, one row per record) and `tombstones`.
 """
 
 from __future__ import annotations
