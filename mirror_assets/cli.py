@@ -100,12 +100,20 @@ def cmd_ingest(settings: Settings, _: argparse.Namespace) -> int:
     job = defs.resolve_job_def("ingest")
     with dg.DagsterInstance.get() as instance:
         result = job.execute_in_process(
-            instance=instance, tags={WRITER_TAG: "ingest"}, raise_on_error=False
+            instance=instance,
+            tags={WRITER_TAG: "ingest"},
+            # The run's own event log keeps every detail; the terminal gets the summary.
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            raise_on_error=False,
         )
     print(f"run {result.run_id}: {'success' if result.success else 'failure'}")
     for materialization in result.asset_materializations_for_node("records"):
         for key, value in materialization.metadata.items():
             print(f"  {key}: {getattr(value, 'value', value)}")
+    failure = None if result.success else result.failure_data_for_node("records")
+    if failure is not None and failure.error is not None:
+        error = failure.error.cause or failure.error  # the asset's own error, not the wrapper
+        print(f"  error: {error.message.strip()}", file=sys.stderr)
     return 0 if result.success else 1
 
 

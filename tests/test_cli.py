@@ -83,6 +83,21 @@ def test_ingest_runs_through_dagster_and_status_shows_it(project: Path) -> None:
     assert f"cursor: {at(4)} " in status.stdout
 
 
+def test_ingest_with_no_jetstream_fails_with_a_clear_error(project: Path) -> None:
+    with JetstreamServer() as server:
+        url = server.url
+    # The server is gone: every connection is refused.
+    run = mirror(project, "ingest", JETSTREAM_URLS=url)
+    assert run.returncode == 1
+    assert ": failure" in run.stdout
+    assert "error: " in run.stderr
+    assert "no Jetstream endpoint answered" in run.stderr
+    assert "check JETSTREAM_URLS" in run.stderr
+    with dg.DagsterInstance.from_config(str(project / ".dagster")) as instance:
+        runs = instance.get_runs(filters=dg.RunsFilter(job_name="ingest"))
+    assert [r.status for r in runs] == [dg.DagsterRunStatus.FAILURE]
+
+
 def test_reset_asks_first_and_then_empties_the_mirror(project: Path) -> None:
     db = project / "data" / "mirror.duckdb"
     with JetstreamServer() as server:
