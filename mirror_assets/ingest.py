@@ -13,11 +13,11 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 from mirror_assets.apply import ApplyResult, apply_batch
 from mirror_assets.batch import BatchBuilder, EventBatch
 from mirror_assets.config import Settings
+from mirror_assets.cursor_time import cursor_iso, cursor_lag_seconds
 from mirror_assets.jetstream import JetstreamReader, JetstreamUnavailableError, ReadStats
 from mirror_assets.lock import MAX_POLL_SECONDS
 from mirror_assets.store import Store
@@ -44,9 +44,7 @@ class IngestReport:
     @property
     def lag_seconds(self) -> float | None:
         """How far the mirror's cursor trails the wall clock at the end of the cycle."""
-        if self.cursor_after is None:
-            return None
-        return max(0.0, self.finished_at - self.cursor_after / 1e6)
+        return cursor_lag_seconds(self.cursor_after, self.finished_at)
 
     def summary(self) -> dict[str, int | float | str | None]:
         """Flat numbers for run metadata and the CLI."""
@@ -66,7 +64,7 @@ class IngestReport:
             "cursor_gaps": applied.gaps,
             "cursor_before": self.cursor_before,
             "cursor_after": self.cursor_after,
-            "cursor_after_iso": _iso(self.cursor_after),
+            "cursor_after_iso": cursor_iso(self.cursor_after),
             "lag_seconds": None if self.lag_seconds is None else round(self.lag_seconds, 3),
             "endpoint": stats.endpoint,
             "connections": stats.connections,
@@ -78,12 +76,6 @@ class IngestReport:
             "seconds": round(self.seconds, 3),
         }
         return summary
-
-
-def _iso(time_us: int | None) -> str | None:
-    if time_us is None:
-        return None
-    return datetime.fromtimestamp(time_us / 1e6, tz=UTC).isoformat()
 
 
 def commit_batch(store: Store, batch: EventBatch) -> ApplyResult:
@@ -117,6 +109,14 @@ class BatchWriter:
         # Back-to-back transactions would keep the file from readers, who poll the lock.
         await asyncio.sleep(self._file_free_since + _READER_WINDOW_SECONDS - time.monotonic())
         self._in_flight = asyncio.ensure_future(asyncio.to_thread(commit_batch, self._store, batch))
+
+    async def finish(self, last: EventBatch | None) -> None:
+        """Write the last batch, if any, and wait until everything submitted is committed."""
+        try:
+            if last is not None:
+                await self.submit(last)
+        finally:
+            await self.drain()
 
     async def drain(self) -> None:
         """Wait for the batch in flight, if any, and add its result to the report."""
@@ -153,13 +153,9 @@ async def ingest(settings: Settings, store: Store) -> IngestReport:
                     await writer.submit(builder.build())
         finally:
             # What was read before an error is applied: it is valid, and the cursor says so.
-            try:
-                if builder.has_pending:
-                    await writer.submit(builder.build())
-            finally:
-                await writer.drain()
-                report.seconds = time.monotonic() - started
-                report.finished_at = time.time()
+            await writer.finish(builder.build() if builder.has_pending else None)
+            report.seconds = time.monotonic() - started
+            report.finished_at = time.time()
     except JetstreamUnavailableError as error:
         error.add_note(f"committed before the failure: {report.summary()}")
         raise

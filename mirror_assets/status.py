@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 import duckdb
+
+from mirror_assets.cursor_time import cursor_iso, cursor_lag_seconds
 
 
 @dataclass(frozen=True)
@@ -31,15 +33,11 @@ class MirrorStatus:
 
     @property
     def cursor_iso(self) -> str | None:
-        if self.cursor_us is None:
-            return None
-        return datetime.fromtimestamp(self.cursor_us / 1e6, tz=UTC).isoformat()
+        return cursor_iso(self.cursor_us)
 
     @property
     def lag_seconds(self) -> float | None:
-        if self.cursor_us is None:
-            return None
-        return max(0.0, self.read_at - self.cursor_us / 1e6)
+        return cursor_lag_seconds(self.cursor_us, self.read_at)
 
 
 def read_status(con: duckdb.DuckDBPyConnection, recent_gaps: int = 5) -> MirrorStatus:

@@ -55,14 +55,13 @@ class Store:
     @contextmanager
     def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A read-only connection under the read lock (the schema is created if missing)."""
-        if not self.path.exists():
-            self.init()
-        with self._read_only() as con:
-            if current_version(con) >= SCHEMA_VERSION:
-                yield con
-                return
-        # The file exists without the schema (a writer was killed inside the file's first
-        # transaction) or with an older one: create or migrate it, then read.
+        if self.path.exists():
+            with self._read_only() as con:
+                if current_version(con) >= SCHEMA_VERSION:
+                    yield con
+                    return
+        # No file, a file without the schema (a writer was killed inside the file's first
+        # transaction), or an older schema: create or migrate it, then read.
         self.init()
         with self._read_only() as con:
             yield con

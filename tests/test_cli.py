@@ -35,6 +35,13 @@ def mirror(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str
     )
 
 
+def ingest_run_statuses(project: Path) -> list[dg.DagsterRunStatus]:
+    """The statuses of the `ingest` job's runs in the project's Dagster instance."""
+    with dg.DagsterInstance.from_config(str(project / ".dagster")) as instance:
+        runs = instance.get_runs(filters=dg.RunsFilter(job_name="ingest"))
+    return [run.status for run in runs]
+
+
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A working folder like the project root: dagster.yaml and workspace.yaml, no data."""
@@ -69,9 +76,7 @@ def test_ingest_runs_through_dagster_and_status_shows_it(project: Path) -> None:
     assert "accounts_changed: 1" in run.stdout
 
     # The run is recorded in the project's Dagster instance, as a run of the `ingest` job.
-    with dg.DagsterInstance.from_config(str(project / ".dagster")) as instance:
-        runs = instance.get_runs(filters=dg.RunsFilter(job_name="ingest"))
-    assert [r.status for r in runs] == [dg.DagsterRunStatus.SUCCESS]
+    assert ingest_run_statuses(project) == [dg.DagsterRunStatus.SUCCESS]
 
     status = mirror(project, "status")
     assert status.returncode == 0, status.stderr
@@ -93,9 +98,7 @@ def test_ingest_with_no_jetstream_fails_with_a_clear_error(project: Path) -> Non
     assert "error: " in run.stderr
     assert "no Jetstream endpoint answered" in run.stderr
     assert "check JETSTREAM_URLS" in run.stderr
-    with dg.DagsterInstance.from_config(str(project / ".dagster")) as instance:
-        runs = instance.get_runs(filters=dg.RunsFilter(job_name="ingest"))
-    assert [r.status for r in runs] == [dg.DagsterRunStatus.FAILURE]
+    assert ingest_run_statuses(project) == [dg.DagsterRunStatus.FAILURE]
 
 
 def test_reset_asks_first_and_then_empties_the_mirror(project: Path) -> None:
