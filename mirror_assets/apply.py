@@ -9,7 +9,8 @@
    tombstone) only if they are newer. "Newer" is a total order, the same in the batch and
    against the store: the higher rev, then a delete over a create at the same rev, then
    the higher CID. So replays, duplicates and out-of-order arrival converge.
-5. Gaps are recorded and the cursor moves, in the same transaction as the data it covers.
+5. Gaps are recorded, and mark every backfill for a new pass (events were lost); the
+   cursor moves, in the same transaction as the data it covers.
 """
 
 from __future__ import annotations
@@ -134,15 +135,19 @@ WHERE a.status IS DISTINCT FROM 'deleted'
 # The stored versions of those URIs: candidate row ids by hash, then the rows themselves.
 _FIND_STORED = """
 CREATE TEMP TABLE stored AS
-SELECT rowid AS row_id, uri, rev, deleted, cid FROM record_versions
+SELECT rowid AS row_id, uri, rev, deleted, cid, time_us FROM record_versions
 WHERE rowid IN (
     SELECT rowid FROM record_versions WHERE uri_hash IN (SELECT uri_hash FROM incoming))
 """
 
 # What lands: URIs not stored yet, and versions newer than the stored ones (row or tombstone).
+# A newer version with the same content (a backfill page re-reading a record at the repo's
+# newer rev) keeps the stored time: the record has not changed since then.
 _PICK_WINNERS = """
 CREATE TEMP TABLE winners AS
-SELECT i.*, s.row_id AS replaces
+SELECT i.* REPLACE (
+        CASE WHEN s.cid = i.cid AND NOT s.deleted THEN s.time_us ELSE i.time_us END AS time_us),
+    s.row_id AS replaces
 FROM incoming i LEFT JOIN stored s ON s.uri = i.uri
 WHERE s.uri IS NULL
    OR i.rev > s.rev
@@ -168,6 +173,14 @@ _RECORD_GAPS = """
 INSERT INTO ingest_gaps
 SELECT now(), endpoint, cursor_us, first_event_us, (first_event_us - cursor_us) / 1e6
 FROM batch_gaps
+"""
+
+# Events were lost, so any DID may have changed unseen: every backfill starts a new pass,
+# whose completion also removes what its listing no longer has. A DID gone for good stays so.
+_RESYNC_ALL = """
+UPDATE backfills SET status = 'pending', pds_cursor = NULL, repo_rev = NULL, pages = 0,
+    records = 0, attempts = 0, next_attempt_at = NULL, last_error = NULL, updated_at = now()
+WHERE status <> 'tombstoned'
 """
 
 _MOVE_CURSOR = """
@@ -232,8 +245,7 @@ def apply_batch(con: duckdb.DuckDBPyConnection, batch: EventBatch) -> ApplyResul
     if batch.identities.num_rows:
         result.handles_updated = _count(con.execute(_UPDATE_HANDLES).fetchall())
     if batch.commits.num_rows:
-        _apply_commits(con, result)
-        result.stale = batch.commits.num_rows - result.upserted - result.tombstoned
+        _apply_commits(con, batch.commits.num_rows, result)
     if batch.gaps:
         _record_gaps(con, batch)
         result.gaps = len(batch.gaps)
@@ -243,6 +255,19 @@ def apply_batch(con: duckdb.DuckDBPyConnection, batch: EventBatch) -> ApplyResul
     # No cleanup on error: the caller rolls back and closes the connection.
     for name in ("batch_commits", "batch_accounts", "batch_identities"):
         con.unregister(name)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def apply_commits(con: duckdb.DuckDBPyConnection, commits: pa.Table) -> ApplyResult:
+    """Apply record versions from outside the stream (backfill pages, in `COMMIT_SCHEMA`)
+    inside the caller's open transaction, by the same rules as live commits."""
+    started = time.perf_counter()
+    result = ApplyResult()
+    if commits.num_rows:
+        con.register("batch_commits", commits)
+        _apply_commits(con, commits.num_rows, result)
+        con.unregister("batch_commits")
     result.seconds = time.perf_counter() - started
     return result
 
@@ -260,12 +285,14 @@ def _apply_accounts(con: duckdb.DuckDBPyConnection, result: ApplyResult) -> None
     con.execute("DROP TABLE account_changes")
 
 
-def _apply_commits(con: duckdb.DuckDBPyConnection, result: ApplyResult) -> None:
+def _apply_commits(con: duckdb.DuckDBPyConnection, commits: int, result: ApplyResult) -> None:
+    """Apply the registered `batch_commits` of `commits` rows."""
     for statement in (_STAGE_INCOMING, _FIND_STORED, _PICK_WINNERS, _REPLACE_ROWS):
         con.execute(statement).fetchall()
     con.execute(_INSERT_WINNERS).fetchall()
     written, tombstoned = con.execute(_COUNT_WINNERS).fetchall()[0]
     result.upserted, result.tombstoned = written - tombstoned, tombstoned
+    result.stale = commits - written
     con.execute("DROP TABLE incoming; DROP TABLE stored; DROP TABLE winners")
 
 
@@ -280,3 +307,4 @@ def _record_gaps(con: duckdb.DuckDBPyConnection, batch: EventBatch) -> None:
     con.register("batch_gaps", gaps)
     con.execute(_RECORD_GAPS).fetchall()
     con.unregister("batch_gaps")
+    con.execute(_RESYNC_ALL).fetchall()

@@ -9,7 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from mirror_assets.config import ConfigError, Settings
@@ -89,28 +89,82 @@ def cmd_api(settings: Settings, _: argparse.Namespace) -> int:
 
 def cmd_ingest(settings: Settings, _: argparse.Namespace) -> int:
     """One ingest cycle as a Dagster run of the `ingest` job, recorded in the instance."""
+    return _execute_job(settings, "ingest", "records")
+
+
+def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
+    """List one DID's collections anew, now, as a Dagster run of its `dids` partition."""
+    from mirror_assets.identity import is_valid_did
+
+    did: str = args.did
+    if not is_valid_did(did):
+        raise CommandError(f"{did!r} is not a DID (did:plc:... or did:web:...)")
+    if args.collection and not settings.collections.matches(args.collection):
+        raise CommandError(f"{args.collection} is not tracked (COLLECTIONS={settings.collections})")
+    collections = [args.collection] if args.collection else _collections_of(settings, did)
+    if not collections:
+        raise CommandError(
+            f"COLLECTIONS={settings.collections} names no exact collection and {did} has no "
+            "backfill yet: name one with --collection"
+        )
+    config = {"restart_collections": collections}
+    return _execute_job(settings, "backfill", "did_backfill", partition=did, config=config)
+
+
+def _collections_of(settings: Settings, did: str) -> list[str]:
+    """The tracked exact collections, and those the DID already has a backfill of."""
+    with Store(settings.db_path).reading() as con:
+        rows = con.execute("SELECT collection FROM backfills WHERE did = ?", [did]).fetchall()
+    known = {row[0] for row in rows if settings.collections.matches(row[0])}
+    return sorted(settings.collections.exact | known)
+
+
+def _execute_job(
+    settings: Settings,
+    job_name: str,
+    asset: str,
+    partition: str | None = None,
+    config: Mapping[str, object] | None = None,
+) -> int:
+    """Run a job in this process, recorded in the instance; print its metadata or error."""
     dagster_home()
     import dagster as dg
 
+    from mirror_assets.backfill_asset import DIDS
     from mirror_assets.definitions import build_definitions
-    from mirror_assets.records_asset import WRITER_TAG
+    from mirror_assets.jobs import WRITER_TAG
     from mirror_assets.resources import MirrorResource
 
     defs = build_definitions(MirrorResource.from_settings(settings))
-    job = defs.resolve_job_def("ingest")
+    job = defs.resolve_job_def(job_name)
+    run_config: dict[str, object] = {
+        # The run's own event log keeps every detail; the terminal gets the summary.
+        "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+    }
+    if config is not None:
+        run_config["ops"] = {asset: {"config": config}}
     with dg.DagsterInstance.get() as instance:
+        if partition is not None and not instance.has_dynamic_partition(DIDS, partition):
+            instance.add_dynamic_partitions(DIDS, [partition])
         result = job.execute_in_process(
             instance=instance,
-            tags={WRITER_TAG: "ingest"},
-            # The run's own event log keeps every detail; the terminal gets the summary.
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            tags={WRITER_TAG: job_name},
+            run_config=run_config,
+            partition_key=partition,
             raise_on_error=False,
         )
     print(f"run {result.run_id}: {'success' if result.success else 'failure'}")
-    for materialization in result.asset_materializations_for_node("records"):
-        for key, value in materialization.metadata.items():
-            print(f"  {key}: {getattr(value, 'value', value)}")
-    failure = None if result.success else result.failure_data_for_node("records")
+    events: list[dg.AssetObservation | dg.AssetMaterialization] = [
+        *result.asset_observations_for_node(asset),
+        *result.asset_materializations_for_node(asset),
+    ]
+    for event in events:
+        if event.metadata:
+            for key, value in event.metadata.items():
+                print(f"  {key}: {getattr(value, 'value', value)}")
+        elif event.partition:
+            print(f"  done: {event.partition}")
+    failure = None if result.success else result.failure_data_for_node(asset)
     if failure is not None and failure.error is not None:
         error = failure.error.cause or failure.error  # the asset's own error, not the wrapper
         print(f"  error: {error.message.strip()}", file=sys.stderr)
@@ -175,6 +229,7 @@ COMMANDS = {
     "run": (cmd_run, "start Dagster (webserver and daemon) and the API; Ctrl-C stops both"),
     "api": (cmd_api, "serve the API alone"),
     "ingest": (cmd_ingest, "run one ingest cycle now, through Dagster"),
+    "backfill": (cmd_backfill, "list one DID's collections from its PDS now, through Dagster"),
     "init": (cmd_init, "create or migrate the DuckDB schema"),
     "reset": (cmd_reset, "drop all data and recreate the schema"),
     "status": (cmd_status, "counts per collection, cursor and lag, backfills"),
@@ -188,12 +243,16 @@ def parser() -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=help_text, description=help_text)
         if name == "reset":
             command.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+        if name == "backfill":
+            command.add_argument("did", metavar="DID")
+            command.add_argument("--collection", help="one tracked collection (default: all)")
     return root
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
     try:
         settings = Settings.from_env()
         return COMMANDS[args.command][0](settings, args)

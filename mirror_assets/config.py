@@ -71,6 +71,35 @@ class IngestLimits:
 
 
 @dataclass(frozen=True)
+class BackfillLimits:
+    """How backfills press PDSes and how much one run takes on (DESIGN section 7)."""
+
+    per_host: int = 4  # requests in flight per PDS host
+    http_timeout_seconds: float = 15.0
+    http_attempts: int = 5  # per request, with exponential backoff and jitter between them
+    http_backoff_seconds: float = 0.5  # the first retry's ceiling; doubles per attempt
+    dids_at_once: int = 16  # DIDs paged concurrently by one run
+    dids_per_run: int = 200  # partitions one launched run covers, at most
+    run_seconds: float = 240.0  # a run stops starting pages after this; the rest resumes later
+    retry_seconds: float = 600.0  # a failed backfill waits this, doubling per failure, <= 1 day
+    identity_ttl_seconds: float = 86_400.0  # how long a DID's resolved PDS is trusted
+
+    @classmethod
+    def from_env(cls) -> BackfillLimits:
+        return cls(
+            per_host=int(_number("BACKFILL_PER_HOST", cls.per_host)),
+            http_timeout_seconds=_number("BACKFILL_HTTP_TIMEOUT_SECONDS", cls.http_timeout_seconds),
+            http_attempts=int(_number("BACKFILL_HTTP_ATTEMPTS", cls.http_attempts)),
+            http_backoff_seconds=_number("BACKFILL_HTTP_BACKOFF_SECONDS", cls.http_backoff_seconds),
+            dids_at_once=int(_number("BACKFILL_DIDS_AT_ONCE", cls.dids_at_once)),
+            dids_per_run=int(_number("BACKFILL_DIDS_PER_RUN", cls.dids_per_run)),
+            run_seconds=_number("BACKFILL_RUN_SECONDS", cls.run_seconds),
+            retry_seconds=_number("BACKFILL_RETRY_SECONDS", cls.retry_seconds),
+            identity_ttl_seconds=_number("IDENTITY_TTL_SECONDS", cls.identity_ttl_seconds),
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the mirror needs to know about where it reads and writes."""
 
@@ -86,6 +115,7 @@ class Settings:
     api_port: int = 8000
     dagster_port: int = 3000
     ingest: IngestLimits = field(default_factory=IngestLimits)
+    backfill: BackfillLimits = field(default_factory=BackfillLimits)
 
     @classmethod
     def from_env(cls, env_file: Path | None = Path(".env")) -> Settings:
@@ -97,6 +127,9 @@ class Settings:
         for url in urls:
             if not url.startswith(("ws://", "wss://")):
                 raise ConfigError(f"JETSTREAM_URLS entry {url!r} must start with ws:// or wss://")
+        for name in ("PLC_URL", "RELAY_URL"):
+            if not (get(name) or "https://").startswith(("http://", "https://")):
+                raise ConfigError(f"{name}={get(name)!r} must start with http:// or https://")
         return cls(
             collections=CollectionFilter.parse(get("COLLECTIONS", "") or DEFAULT_COLLECTIONS),
             jetstream_urls=urls,
@@ -108,4 +141,5 @@ class Settings:
             api_port=int(_number("API_PORT", cls.api_port)),
             dagster_port=int(_number("DAGSTER_PORT", cls.dagster_port)),
             ingest=IngestLimits.from_env(),
+            backfill=BackfillLimits.from_env(),
         )

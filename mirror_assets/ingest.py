@@ -19,14 +19,10 @@ from mirror_assets.batch import BatchBuilder, EventBatch
 from mirror_assets.config import Settings
 from mirror_assets.cursor_time import cursor_iso, cursor_lag_seconds
 from mirror_assets.jetstream import JetstreamReader, JetstreamUnavailableError, ReadStats
-from mirror_assets.lock import MAX_POLL_SECONDS
+from mirror_assets.lock import READER_WINDOW_SECONDS
 from mirror_assets.store import Store
 
 log = logging.getLogger(__name__)
-
-# The file stays free at least this long between two write transactions of a cycle: longer
-# than a waiting reader's longest poll of the lock, so readers get in.
-_READER_WINDOW_SECONDS = 1.5 * MAX_POLL_SECONDS
 
 
 @dataclass
@@ -107,7 +103,7 @@ class BatchWriter:
     async def submit(self, batch: EventBatch) -> None:
         await self.drain()
         # Back-to-back transactions would keep the file from readers, who poll the lock.
-        await asyncio.sleep(self._file_free_since + _READER_WINDOW_SECONDS - time.monotonic())
+        await asyncio.sleep(self._file_free_since + READER_WINDOW_SECONDS - time.monotonic())
         self._in_flight = asyncio.ensure_future(asyncio.to_thread(commit_batch, self._store, batch))
 
     async def finish(self, last: EventBatch | None) -> None:

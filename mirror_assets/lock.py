@@ -24,6 +24,9 @@ from pathlib import Path
 
 _FIRST_POLL = 0.0005
 MAX_POLL_SECONDS = 0.02  # a waiting process looks at the lock at least this often
+# A writer with one transaction after another leaves the file free at least this long in
+# between: longer than a waiting reader's longest poll of the lock, so readers get in.
+READER_WINDOW_SECONDS = 1.5 * MAX_POLL_SECONDS
 
 
 class LockTimeoutError(TimeoutError):

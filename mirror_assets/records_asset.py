@@ -7,7 +7,6 @@ import dagster as dg
 from mirror_assets.ingest import IngestReport, run_ingest
 from mirror_assets.resources import MirrorResource
 
-WRITER_TAG = "mirror/writer"  # dagster.yaml limits runs per value of this tag
 NEW_DIDS_SHOWN = 20
 
 jetstream = dg.AssetSpec(

@@ -7,26 +7,42 @@ from pathlib import Path
 
 import dagster as dg
 
-from mirror_assets.config import IngestLimits, Settings
+from mirror_assets.config import BackfillLimits, IngestLimits, Settings
 from mirror_assets.nsids import CollectionFilter
 
 
 class MirrorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
-    """Where the mirror reads (Jetstream) and writes (the DuckDB file), and its ingest limits.
+    """Where the mirror reads (Jetstream, PLC, PDSes, the relay) and writes (the DuckDB file),
+    with its ingest and backfill limits.
 
-    Defaults come from the environment (COLLECTIONS, JETSTREAM_URLS, MIRROR_DB, INGEST_*)
-    when the code location loads; see `MirrorResource.from_env`.
+    Defaults come from the environment (COLLECTIONS, JETSTREAM_URLS, MIRROR_DB, PLC_URL,
+    RELAY_URL, MIRROR_ALLOW_PRIVATE_NETWORK, INGEST_*, BACKFILL_*) when the code location
+    loads; see `MirrorResource.from_env`.
     """
 
     db_path: str
     collections: str
     jetstream_urls: str
+    plc_url: str = Settings.plc_url
+    relay_url: str = Settings.relay_url
+    allow_private_network: bool = False
+    # IngestLimits
     rewind_seconds: float = IngestLimits.rewind_seconds
     idle_seconds: float = IngestLimits.idle_seconds
     max_seconds: float = IngestLimits.max_seconds
     max_events: int = IngestLimits.max_events
     flush_events: int = IngestLimits.flush_events
     gap_seconds: float = IngestLimits.gap_seconds
+    # BackfillLimits
+    per_host: int = BackfillLimits.per_host
+    http_timeout_seconds: float = BackfillLimits.http_timeout_seconds
+    http_attempts: int = BackfillLimits.http_attempts
+    http_backoff_seconds: float = BackfillLimits.http_backoff_seconds
+    dids_at_once: int = BackfillLimits.dids_at_once
+    dids_per_run: int = BackfillLimits.dids_per_run
+    run_seconds: float = BackfillLimits.run_seconds
+    retry_seconds: float = BackfillLimits.retry_seconds
+    identity_ttl_seconds: float = BackfillLimits.identity_ttl_seconds
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MirrorResource:
@@ -34,7 +50,11 @@ class MirrorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             db_path=str(settings.db_path),
             collections=str(settings.collections),
             jetstream_urls=",".join(settings.jetstream_urls),
+            plc_url=settings.plc_url,
+            relay_url=settings.relay_url,
+            allow_private_network=settings.allow_private_network,
             **asdict(settings.ingest),
+            **asdict(settings.backfill),
         )
 
     @classmethod
@@ -46,5 +66,11 @@ class MirrorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             collections=CollectionFilter.parse(self.collections),
             jetstream_urls=tuple(u.strip() for u in self.jetstream_urls.split(",") if u.strip()),
             db_path=Path(self.db_path),
+            plc_url=self.plc_url,
+            relay_url=self.relay_url,
+            allow_private_network=self.allow_private_network,
             ingest=IngestLimits(**{f.name: getattr(self, f.name) for f in fields(IngestLimits)}),
+            backfill=BackfillLimits(
+                **{f.name: getattr(self, f.name) for f in fields(BackfillLimits)}
+            ),
         )

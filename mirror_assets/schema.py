@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import duckdb
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Each entry upgrades the schema by one version; entry i takes version i to version i + 1.
 MIGRATIONS: tuple[str, ...] = (
@@ -85,9 +85,35 @@ MIGRATIONS: tuple[str, ...] = (
         gap_seconds DOUBLE NOT NULL
     );
     """,
+    # Version 2: backfills that retry later and remember when they finished, the PDS
+    # resolution cache, and the relay discovery's saved position per collection.
+    """
+    ALTER TABLE backfills ADD COLUMN next_attempt_at TIMESTAMPTZ;
+    ALTER TABLE backfills ADD COLUMN completed_at TIMESTAMPTZ;
+    ALTER TABLE accounts ADD COLUMN pds_resolved_at TIMESTAMPTZ;
+
+    CREATE TABLE discovery_state (
+        collection VARCHAR PRIMARY KEY,
+        relay VARCHAR NOT NULL,
+        cursor VARCHAR,  -- where the pass in progress continues; NULL between passes
+        repos_listed BIGINT NOT NULL,  -- in the pass in progress, or the last complete one
+        dids_queued BIGINT NOT NULL,
+        pass_started_at TIMESTAMPTZ NOT NULL,
+        completed_at TIMESTAMPTZ,  -- of the last complete pass
+        updated_at TIMESTAMPTZ NOT NULL
+    );
+    """,
 )
 
-TABLES = ("record_versions", "accounts", "backfills", "ingest_state", "ingest_gaps", "meta")
+TABLES = (
+    "record_versions",
+    "accounts",
+    "backfills",
+    "ingest_state",
+    "ingest_gaps",
+    "discovery_state",
+    "meta",
+)
 VIEWS = ("records", "tombstones")
 
 

@@ -1,0 +1,342 @@
+"""Backfill DIDs from their PDSes: resolve each DID, page its collections, write every page.
+
+For each DID a run takes on, every due (did, collection) listing is paged with
+`listRecords` from its saved cursor. Pages carry the repo rev read with `getLatestCommit`
+when the pass began, so the rev rule decides between them and live events (DESIGN
+section 4, invariant 2). Fetching and writing overlap: pages go to a writer that commits
+whatever has arrived in one short transaction (each page's records with its cursor), while
+the network keeps fetching; the file is never held across a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from itertools import groupby
+
+import pyarrow as pa
+
+from mirror_assets.apply import ApplyResult
+from mirror_assets.backfill_queue import (
+    DONE,
+    CachedIdentity,
+    Ended,
+    ListingDone,
+    PageRead,
+    Progress,
+    ProgressResult,
+    Resolved,
+    Task,
+    cached_identities,
+    claim,
+    write_progress,
+)
+from mirror_assets.batch import COMMIT_SCHEMA
+from mirror_assets.config import Settings
+from mirror_assets.identity import DidNotFoundError, DidTombstonedError, IdentityError, resolve
+from mirror_assets.lock import READER_WINDOW_SECONDS
+from mirror_assets.net_guard import AddressGuard, RefusedAddressError
+from mirror_assets.pds import RecordEntry, StuckCursorError, latest_rev, list_records
+from mirror_assets.record_time import record_time_us
+from mirror_assets.store import Store
+from mirror_assets.xrpc import Politeness, UnavailableError, XrpcClient, XrpcError
+
+log = logging.getLogger(__name__)
+
+# XRPC errors that end a backfill with the repository's own status.
+_REPO_STATUS = {
+    "RepoNotFound": "not_found",
+    "RepoTakendown": "takendown",
+    "RepoSuspended": "suspended",
+    "RepoDeactivated": "deactivated",
+}
+# Failures worth a later retry: the PDS or the network misbehaved, or the document was bad.
+_RETRYABLE = (XrpcError, UnavailableError, StuckCursorError, RefusedAddressError, IdentityError)
+_PAGES_PER_TRANSACTION = 50
+_QUEUED_PAGES = 64  # fetched pages waiting for the writer before fetching pauses
+
+
+@dataclass
+class BackfillReport:
+    """What one run fetched and what it changed."""
+
+    dids: int = 0
+    tasks: int = 0
+    pages: int = 0
+    records_listed: int = 0
+    applied: ApplyResult = field(default_factory=ApplyResult)
+    removed: int = 0  # rows a complete listing no longer had
+    completed: int = 0  # listings that reached their end
+    paused: int = 0  # listings left for the next run by the time budget
+    ended: Counter[str] = field(default_factory=Counter)  # by status: failed, not_found, ...
+    errors: dict[str, str] = field(default_factory=dict)  # "did collection" -> last error
+    refused: Counter[str] = field(default_factory=Counter)  # records dropped, by reason
+    oversized_pages: int = 0
+    transactions: int = 0
+    done_dids: list[str] = field(default_factory=list)  # every listing complete or ended
+    seconds: float = 0.0
+
+    def add(self, result: ProgressResult) -> None:
+        self.applied.add(result.applied)
+        self.removed += result.removed
+        self.completed += len(result.completed)
+        self.transactions += 1
+
+    def summary(self) -> dict[str, int | float]:
+        """Flat numbers for run metadata and the CLI."""
+        return {
+            "dids": self.dids,
+            "listings": self.tasks,
+            "pages": self.pages,
+            "records_listed": self.records_listed,
+            "rows_upserted": self.applied.upserted,
+            "rows_stale": self.applied.stale,
+            "rows_removed": self.removed,
+            "listings_completed": self.completed,
+            "listings_paused": self.paused,
+            **{f"ended_{status}": n for status, n in sorted(self.ended.items())},
+            **{f"refused_{reason}": n for reason, n in sorted(self.refused.items())},
+            "oversized_pages": self.oversized_pages,
+            "transactions": self.transactions,
+            "max_lock_wait_seconds": round(self.applied.lock_wait_seconds, 3),
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def run_backfill(
+    settings: Settings,
+    dids: Sequence[str],
+    restart: Sequence[tuple[str, str]] = (),
+    store: Store | None = None,
+) -> BackfillReport:
+    """Backfill the due listings of `dids` (and list the `restart` pairs anew); blocking."""
+    return asyncio.run(backfill(settings, store or Store(settings.db_path), dids, restart))
+
+
+async def backfill(
+    settings: Settings,
+    store: Store,
+    dids: Sequence[str],
+    restart: Sequence[tuple[str, str]] = (),
+) -> BackfillReport:
+    started = time.monotonic()
+    limits = settings.backfill
+    ttl = limits.identity_ttl_seconds
+    tasks, cached = await asyncio.to_thread(_claim, store, dids, restart, ttl)
+    report = BackfillReport(dids=len({task.did for task in tasks}), tasks=len(tasks))
+    writer = ProgressWriter(store, limits.retry_seconds, report)
+    guard = AddressGuard(settings.allow_private_network)
+    try:
+        async with XrpcClient(Politeness.from_limits(limits), guard) as client:
+            runner = _Runner(settings, client, writer, report, started + limits.run_seconds)
+            gate = asyncio.Semaphore(limits.dids_at_once)
+
+            async def one_did(did: str, did_tasks: list[Task]) -> None:
+                async with gate:
+                    await runner.backfill_did(did, did_tasks, cached.get(did))
+
+            await asyncio.gather(
+                *(
+                    one_did(did, list(group))
+                    for did, group in groupby(tasks, key=lambda task: task.did)
+                )
+            )
+    finally:
+        await writer.close()
+    report.done_dids = await asyncio.to_thread(_done_dids, store, dids)
+    report.seconds = time.monotonic() - started
+    log.info("backfill run done: %s", report.summary())
+    return report
+
+
+def _claim(
+    store: Store, dids: Sequence[str], restart: Sequence[tuple[str, str]], ttl: float
+) -> tuple[list[Task], dict[str, CachedIdentity]]:
+    with store.writing() as tx:
+        tasks = claim(tx.con, dids, restart)
+        return tasks, cached_identities(tx.con, [task.did for task in tasks], ttl)
+
+
+def _done_dids(store: Store, dids: Sequence[str]) -> list[str]:
+    with store.reading() as con:
+        con.register("asked", pa.table({"did": pa.array(dids, pa.string())}))
+        rows = con.execute(
+            "SELECT did FROM backfills WHERE did IN (SELECT did FROM asked) "
+            "GROUP BY did HAVING bool_and(list_contains(?, status)) ORDER BY did",
+            [list(DONE)],
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+class _Runner:
+    """The network side of one run: DIDs in, progress reports out to the writer."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: XrpcClient,
+        writer: ProgressWriter,
+        report: BackfillReport,
+        deadline: float,
+    ) -> None:
+        self._settings = settings
+        self._client = client
+        self._writer = writer
+        self._report = report
+        self._deadline = deadline
+
+    async def backfill_did(
+        self, did: str, tasks: list[Task], cached: CachedIdentity | None
+    ) -> None:
+        try:
+            pds = cached.pds if cached else await self._resolve(did)
+            # Asked every run, not only for new passes: it is how a closed repo says so.
+            rev = await latest_rev(self._client, pds, did)
+        except DidTombstonedError as error:
+            await self._end(tasks, "tombstoned", error)
+            return
+        except DidNotFoundError as error:
+            await self._end(tasks, "not_found", error)
+            return
+        except XrpcError as error:
+            await self._end(tasks, _REPO_STATUS.get(error.error or "", "failed"), error)
+            return
+        except _RETRYABLE as error:
+            await self._end(tasks, "failed", error)
+            return
+        for task in tasks:
+            await self._backfill_listing(pds, task, task.repo_rev if task.cursor else rev)
+
+    async def _resolve(self, did: str) -> str:
+        identity = await resolve(self._client, did, self._settings.plc_url)
+        await self._writer.put(Resolved(did, identity.pds, identity.handle))
+        return identity.pds
+
+    async def _backfill_listing(self, pds: str, task: Task, rev: str | None) -> None:
+        did, collection, cursor = task.did, task.collection, task.cursor
+        if rev is None:  # a saved cursor without its rev: start the pass over
+            rev, cursor = await latest_rev(self._client, pds, did), None
+        report = self._report
+        try:
+            while True:
+                if time.monotonic() > self._deadline:
+                    report.paused += 1
+                    return
+                page = await list_records(self._client, pds, did, collection, cursor)
+                report.pages += 1
+                report.records_listed += page.listed
+                report.refused.update(page.refused)
+                report.oversized_pages += page.oversized
+                if not page.listed:
+                    await self._writer.put(ListingDone(did, collection, rev))
+                    return
+                rows = page_rows(did, collection, rev, page.entries, _now_us())
+                await self._writer.put(PageRead(did, collection, rev, rows, page.next_cursor))
+                if page.next_cursor is None:  # a PDS that omits the cursor on its last page
+                    await self._writer.put(ListingDone(did, collection, rev))
+                    return
+                cursor = page.next_cursor
+        except XrpcError as error:
+            await self._end([task], _REPO_STATUS.get(error.error or "", "failed"), error)
+        except _RETRYABLE as error:
+            await self._end([task], "failed", error)
+
+    async def _end(self, tasks: Sequence[Task], status: str, error: Exception) -> None:
+        for task in tasks:
+            log.warning("backfill of %s %s: %s (%s)", task.did, task.collection, status, error)
+            self._report.ended[status] += 1
+            self._report.errors[f"{task.did} {task.collection}"] = str(error)
+            await self._writer.put(Ended(task.did, task.collection, status, str(error)))
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def page_rows(
+    did: str, collection: str, rev: str, entries: Sequence[RecordEntry], now_us: int
+) -> pa.Table:
+    """A page's records as commit rows at the pass's rev, timed by rkey, createdAt or now."""
+    return pa.table(
+        {
+            "seq": pa.array(range(len(entries)), pa.int64()),
+            "uri": [f"at://{did}/{collection}/{entry.rkey}" for entry in entries],
+            "did": [did] * len(entries),
+            "collection": [collection] * len(entries),
+            "rkey": [entry.rkey for entry in entries],
+            "deleted": pa.array([False] * len(entries), pa.bool_()),
+            "rev": [rev] * len(entries),
+            "cid": [entry.cid for entry in entries],
+            "record": [entry.value.decode() for entry in entries],
+            "time_us": pa.array(
+                [record_time_us(entry.rkey, entry.created_at, now_us) for entry in entries],
+                pa.int64(),
+            ),
+        },
+        schema=COMMIT_SCHEMA,
+    )
+
+
+def commit_progress(
+    store: Store, items: Sequence[Progress], retry_seconds: float
+) -> ProgressResult:
+    with store.writing() as tx:
+        result = write_progress(tx.con, items, retry_seconds)
+    result.applied.lock_wait_seconds = tx.lock_wait.seconds
+    return result
+
+
+class ProgressWriter:
+    """Commits progress reports in a worker thread, whatever has arrived in one transaction.
+
+    Network tasks `put` their reports and go on fetching; a full queue makes them wait
+    (the writer is behind). If a write fails, `put` and `close` raise its error, and the
+    rest of the run stops: what was committed stays, the rest resumes on the next run.
+    """
+
+    def __init__(self, store: Store, retry_seconds: float, report: BackfillReport) -> None:
+        self._store = store
+        self._retry_seconds = retry_seconds
+        self._report = report
+        self._queue: asyncio.Queue[Progress | None] = asyncio.Queue(_QUEUED_PAGES)
+        self._error: BaseException | None = None
+        self._task = asyncio.ensure_future(self._run())
+
+    async def put(self, item: Progress) -> None:
+        if self._error is not None:
+            raise self._error
+        await self._queue.put(item)
+
+    async def close(self) -> None:
+        await self._queue.put(None)
+        await self._task
+        if self._error is not None:
+            raise self._error
+
+    async def _run(self) -> None:
+        closing = False
+        while not closing:
+            items: list[Progress] = []
+            item = await self._queue.get()
+            while item is not None:
+                items.append(item)
+                pages = sum(isinstance(i, PageRead) for i in items)
+                if self._queue.empty() or pages >= _PAGES_PER_TRANSACTION:
+                    break
+                item = self._queue.get_nowait()
+            closing = item is None
+            if items and self._error is None:
+                try:
+                    result = await asyncio.to_thread(
+                        commit_progress, self._store, items, self._retry_seconds
+                    )
+                except Exception as error:  # reported to the producers and the caller
+                    self._error = error
+                    continue
+                self._report.add(result)
+                # Back-to-back transactions would keep the file from readers.
+                await asyncio.sleep(READER_WINDOW_SECONDS)

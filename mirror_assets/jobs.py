@@ -1,0 +1,51 @@
+"""The mirror's jobs. Each is tagged with the kind of writer it is: dagster.yaml limits how
+many runs of each kind share the DuckDB file's writer lock at once."""
+
+import dagster as dg
+
+from mirror_assets.backfill_asset import did_backfill
+from mirror_assets.discovery_asset import discovered_repos
+from mirror_assets.records_asset import records
+
+WRITER_TAG = "mirror/writer"
+INGEST_JOB = "ingest"
+BACKFILL_JOB = "backfill"
+DISCOVERY_JOB = "discovery"
+IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+
+ingest_job = dg.define_asset_job(
+    INGEST_JOB,
+    selection=[records],
+    description="One Jetstream ingest cycle into the `records` asset.",
+    tags={WRITER_TAG: INGEST_JOB},
+    # One step: a subprocess per step would add a second interpreter start to every minute.
+    executor_def=dg.in_process_executor,
+)
+
+backfill_job = dg.define_asset_job(
+    BACKFILL_JOB,
+    selection=[did_backfill],
+    description="Backfill a range of DIDs from their PDSes.",
+    tags={WRITER_TAG: BACKFILL_JOB},
+    executor_def=dg.in_process_executor,
+)
+
+discovery_job = dg.define_asset_job(
+    DISCOVERY_JOB,
+    selection=[discovered_repos],
+    description="Queue every repo the relay lists for a tracked collection.",
+    tags={WRITER_TAG: DISCOVERY_JOB},
+    executor_def=dg.in_process_executor,
+)
+
+
+def in_flight(instance: dg.DagsterInstance, job_name: str) -> list[dg.DagsterRun]:
+    """Runs of the job that are queued, starting, running or being canceled."""
+    records = instance.get_run_records(filters=dg.RunsFilter(job_name=job_name, statuses=IN_FLIGHT))
+    return [record.dagster_run for record in records]
