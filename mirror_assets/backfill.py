@@ -147,7 +147,8 @@ async def backfill(
             )
     finally:
         await writer.close()
-    report.done_dids = await asyncio.to_thread(_done_dids, store, dids)
+    claimed = sorted({task.did for task in tasks})
+    report.done_dids = await asyncio.to_thread(_done_dids, store, claimed)
     report.seconds = time.monotonic() - started
     log.info("backfill run done: %s", report.summary())
     return report

@@ -5,7 +5,7 @@ Live commits only reveal users who post after the mirror starts; a relay's
 complete (DESIGN section 7). A pass pages the relay for one collection and queues each DID
 not known yet; each page commits with the pass's position, so an interrupted pass resumes
 where it stopped. A collection is passed again once its last pass is older than
-`REPASS_AFTER`, or straight away when it has never been passed (newly tracked).
+`REPASS_AFTER`, or straight away when it has never been passed completely (newly tracked).
 
 The relay takes exact NSIDs only: `prefix.*` patterns are not discovered here, their DIDs
 come from the stream.
@@ -95,15 +95,18 @@ def collections_due(con: duckdb.DuckDBPyConnection, settings: Settings) -> list[
     return due
 
 
-def never_passed(con: duckdb.DuckDBPyConnection, settings: Settings) -> list[str]:
-    """Tracked exact collections this relay has never been asked about (newly tracked)."""
-    known = {
+def never_completed(con: duckdb.DuckDBPyConnection, settings: Settings) -> list[str]:
+    """Tracked exact collections without a complete pass on this relay (newly tracked, or
+    a first pass that was interrupted)."""
+    done = {
         row[0]
         for row in con.execute(
-            "SELECT collection FROM discovery_state WHERE relay = ?", [settings.relay_url]
+            "SELECT collection FROM discovery_state "
+            "WHERE relay = ? AND completed_at IS NOT NULL",
+            [settings.relay_url],
         ).fetchall()
     }
-    return sorted(settings.collections.exact - known)
+    return sorted(settings.collections.exact - done)
 
 
 def run_discovery(settings: Settings, store: Store | None = None) -> DiscoveryReport:
@@ -170,7 +173,8 @@ def _commit_page(
         tx.con.execute(
             """
             INSERT INTO discovery_state VALUES
-                ($collection, $relay, $cursor, $listed, $queued, now(), NULL, now())
+                ($collection, $relay, $cursor, $listed, $queued, now(),
+                 CASE WHEN $cursor IS NULL THEN now() END, now())
             ON CONFLICT (collection) DO UPDATE SET
                 relay = excluded.relay,
                 cursor = excluded.cursor,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlsplit
 
 import msgspec
 
@@ -29,7 +29,7 @@ class IdentityError(Exception):
 
 
 class DidNotFoundError(IdentityError):
-    """The directory does not know the DID."""
+    """The directory does not know the DID, or no directory can (an unsupported method)."""
 
 
 class DidTombstonedError(IdentityError):
@@ -67,7 +67,7 @@ def identity_from_document(did: str, document: DidDocument) -> Identity:
     for service in document.service:
         if service.id in ("#atproto_pds", f"{did}#atproto_pds"):
             endpoint = service.serviceEndpoint
-            if not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://")):
+            if not _is_http_url(endpoint):
                 raise IdentityError(f"{did}: #atproto_pds endpoint {endpoint!r} is not a URL")
             handle = next(
                 (
@@ -81,6 +81,13 @@ def identity_from_document(did: str, document: DidDocument) -> Identity:
     raise IdentityError(f"{did}: the DID document names no #atproto_pds service")
 
 
+def _is_http_url(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
 def did_document_url(did: str, plc_url: str) -> tuple[str, bool]:
     """Where the DID's document is, and whether that URL is trusted (the configured PLC)."""
     if _DID_PLC.fullmatch(did):
@@ -90,7 +97,8 @@ def did_document_url(did: str, plc_url: str) -> tuple[str, bool]:
         # The DID method says https; the reference implementation uses http for localhost.
         scheme = "http" if host.split(":")[0] in ("localhost", "127.0.0.1") else "https"
         return f"{scheme}://{host}/.well-known/did.json", False
-    raise IdentityError(f"{did!r} is not a did:plc or did:web DID the mirror can resolve")
+    # Not a failure to retry: no directory will ever know it.
+    raise DidNotFoundError(f"{did!r} is not a did:plc or did:web DID the mirror can resolve")
 
 
 async def resolve(client: XrpcClient, did: str, plc_url: str) -> Identity:

@@ -21,11 +21,19 @@ class RefusedAddressError(Exception):
     """A URL from a DID document points where the mirror must not send requests."""
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
 def is_public(address: str) -> bool:
-    """Whether an IP address is globally routable (IPv4-mapped IPv6 judged as IPv4)."""
+    """Whether an IP address is globally routable; an IPv6 address that carries an IPv4
+    one (mapped, 6to4, NAT64) is judged by the IPv4 address it leads to."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone id
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is None and ip in _NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None:
+            ip = embedded
     return ip.is_global and not ip.is_multicast
 
 

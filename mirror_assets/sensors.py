@@ -13,7 +13,7 @@ import dagster as dg
 
 from mirror_assets.backfill_asset import DIDS, dids
 from mirror_assets.backfill_queue import due_dids
-from mirror_assets.discovery import never_passed
+from mirror_assets.discovery import never_completed
 from mirror_assets.identity import is_valid_did
 from mirror_assets.jobs import BACKFILL_JOB, DISCOVERY_JOB, backfill_job, discovery_job, in_flight
 from mirror_assets.resources import MirrorResource
@@ -98,16 +98,16 @@ def plan_ranges(
     job=discovery_job,
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Runs discovery as soon as a tracked collection was never asked of the relay.",
+    description="Runs discovery when a tracked collection has no complete pass on the relay.",
 )
 def discovery_sensor(
     context: dg.SensorEvaluationContext, mirror: MirrorResource
 ) -> dg.RunRequest | dg.SkipReason:
     settings = mirror.settings()
     with Store(settings.db_path).reading() as con:
-        new = never_passed(con, settings)
+        new = never_completed(con, settings)
     if not new:
-        return dg.SkipReason("every tracked collection has been asked of the relay")
+        return dg.SkipReason("every tracked collection has a complete pass on the relay")
     if in_flight(context.instance, DISCOVERY_JOB):
         return dg.SkipReason(f"a discovery run is in flight; new collections: {new}")
     # One try per hour at most: a relay that cannot be reached is not hammered.

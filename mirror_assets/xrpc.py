@@ -2,7 +2,7 @@
 
 Polite (DESIGN section 7): a limit of requests in flight per host, 429 answers honoured
 (`ratelimit-reset` or `retry-after`, for every request to that host), exponential backoff
-with full jitter on 5xx, timeouts, connection errors and unreadable bodies, and a bounded
+with full jitter on 5xx, 408, timeouts, connection errors and unreadable bodies, and a bounded
 number of attempts. Defensive: bodies are bounded in size, redirects are not followed, and
 URLs taken from DID documents go through the private-network guard first.
 """
@@ -29,8 +29,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# XRPC error names that say the repository is gone or closed, not that the request failed.
-REPO_UNAVAILABLE = ("RepoNotFound", "RepoTakendown", "RepoDeactivated", "RepoSuspended")
+_WHOLE_ANSWER_TIMEOUTS = 4  # a whole answer may take this many read timeouts
 
 
 @dataclass(frozen=True)
@@ -132,9 +131,10 @@ class XrpcClient:
         politeness = self._politeness
         last_reason = ""
         for attempt in range(politeness.attempts):
-            await self._wait_for_host(host)
             try:
                 async with self._slot(host):
+                    # After taking the slot: requests queued for it honour a 429 too.
+                    await self._wait_for_host(host)
                     body = await self._fetch(url, params, host)
                 try:
                     return msgspec.json.decode(body, type=decode)
@@ -156,6 +156,8 @@ class XrpcClient:
 
     async def _wait_for_host(self, host: str) -> None:
         wait = self._host_ready_at.get(host, 0.0) - time.monotonic()
+        if wait > self._politeness.max_rate_limit_wait_seconds:
+            raise UnavailableError(f"{host}: rate limited for {wait:.0f} s more")
         if wait > 0:
             await asyncio.sleep(wait)
 
@@ -164,10 +166,16 @@ class XrpcClient:
         return random.uniform(0, min(ceiling, self._politeness.max_backoff_seconds))
 
     async def _fetch(self, url: str, params: Mapping[str, str | int], host: str) -> bytes:
+        # The client's timeout bounds each read; this bounds the whole answer, so a peer
+        # that trickles bytes cannot hold a request for long.
+        deadline = _WHOLE_ANSWER_TIMEOUTS * self._politeness.timeout_seconds
         try:
-            async with self._client.stream("GET", url, params=params) as response:
+            async with (
+                asyncio.timeout(deadline),
+                self._client.stream("GET", url, params=params) as response,
+            ):
                 body = await self._read_bounded(response, url)
-        except httpx.TimeoutException as error:
+        except (httpx.TimeoutException, TimeoutError) as error:
             raise _RetryableError(f"timed out ({type(error).__name__})") from None
         except httpx.TransportError as error:
             raise _RetryableError(f"connection failed ({type(error).__name__}: {error})") from None
@@ -176,13 +184,13 @@ class XrpcClient:
             return body
         if status == 429:
             wait = rate_limit_wait(response.headers)
-            if wait > self._politeness.max_rate_limit_wait_seconds:
-                raise UnavailableError(f"{url}: rate limited for {wait:.0f} s more")
             self._host_ready_at[host] = max(
                 self._host_ready_at.get(host, 0.0), time.monotonic() + wait
             )
+            if wait > self._politeness.max_rate_limit_wait_seconds:
+                raise UnavailableError(f"{url}: rate limited for {wait:.0f} s more")
             raise _RetryableError("rate limited (429)", wait=wait)
-        if status >= 500:
+        if status >= 500 or status == 408:
             raise _RetryableError(f"server error {status}")
         error_body = _decode_error(body)
         raise XrpcError(url, status, error_body.error, error_body.message)

@@ -21,6 +21,7 @@ from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 from mirror_assets.records_asset import records
 from mirror_assets.resources import MirrorResource
 from mirror_assets.schedules import ingest_every_minute
+from mirror_assets.sensors import MAX_BACKFILL_RUNS
 from mirror_assets.store import Store
 from tests.events_factory import at, create, delete, did, identity
 from tests.jetstream_server import JetstreamServer
@@ -143,8 +144,10 @@ def test_schedule_skips_while_an_ingest_run_is_in_flight(
     assert isinstance(_evaluate(instance), dg.RunRequest)
 
 
-def test_dagster_yaml_limits_ingest_runs_to_one(tmp_path: Path) -> None:
+def test_dagster_yaml_limits_writer_runs_as_the_sensor_does(tmp_path: Path) -> None:
     shutil.copyfile(PROJECT / "dagster.yaml", tmp_path / "dagster.yaml")
     with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
         limits = instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
     assert {"key": "mirror/writer", "value": "ingest", "limit": 1} in limits
+    assert {"key": "mirror/writer", "value": "backfill", "limit": MAX_BACKFILL_RUNS} in limits
+    assert {"key": "mirror/writer", "value": "discovery", "limit": 1} in limits

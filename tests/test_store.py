@@ -11,7 +11,7 @@ import pytest
 
 from mirror_assets.apply import apply_batch
 from mirror_assets.batch import BatchBuilder, CursorGap
-from mirror_assets.schema import SCHEMA_VERSION, SchemaTooNewError
+from mirror_assets.schema import MIGRATIONS, SCHEMA_VERSION, SchemaTooNewError
 from mirror_assets.store import Store
 from tests.events_factory import (
     CARD,
@@ -117,8 +117,34 @@ def test_schema_is_created_on_first_use_with_its_version(db: Path) -> None:
         "backfills",
         "ingest_state",
         "ingest_gaps",
+        "discovery_state",
         "meta",
     } <= names
+
+
+def test_a_version_1_file_is_migrated_and_keeps_its_data(db: Path) -> None:
+    con = duckdb.connect(str(db))
+    con.execute(MIGRATIONS[0])
+    con.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    con.execute(
+        "INSERT INTO backfills (did, collection, status, updated_at) "
+        "VALUES ('did:plc:a', 'app.blento.card', 'pending', now())"
+    )
+    con.close()
+    apply_events(db, [create(ALICE, "a", rev=1, t=1)])
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        assert con.execute("SELECT value FROM meta").fetchall() == [(str(SCHEMA_VERSION),)]
+        assert con.execute(
+            "SELECT did, status, next_attempt_at, completed_at FROM backfills ORDER BY did"
+        ).fetchall() == [
+            ("did:plc:a", "pending", None, None),
+            (ALICE, "pending", None, None),
+        ]
+        assert con.execute("SELECT pds_resolved_at FROM accounts").fetchall() == [(None,)]
+        assert con.execute("SELECT count(*) FROM discovery_state").fetchall() == [(0,)]
+    finally:
+        con.close()
 
 
 def test_schema_is_created_by_the_first_write(db: Path) -> None:

@@ -1,0 +1,454 @@
+"""From a DID to its PDS and from a PDS page to checked records, over real HTTP on 127.0.0.1.
+
+The PLC/PDS stand-in (`tests.atproto_server`) serves the DID documents (PLC and did:web) and the
+two PDS calls a backfill makes; hand-made `ListRecordsAnswer`s cover the page shapes a PDS could
+send but the stand-in never does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+import pytest
+
+from mirror_assets.identity import (
+    DidNotFoundError,
+    DidTombstonedError,
+    Identity,
+    IdentityError,
+    did_document_url,
+    is_valid_did,
+    resolve,
+)
+from mirror_assets.net_guard import AddressGuard, RefusedAddressError
+from mirror_assets.pds import (
+    ListedRecord,
+    ListRecordsAnswer,
+    Page,
+    StuckCursorError,
+    check_page,
+    latest_rev,
+    list_records,
+)
+from mirror_assets.xrpc import Politeness, UnavailableError, XrpcClient, XrpcError
+from tests.atproto_server import (
+    DID_CONTEXT,
+    GET_LATEST_COMMIT,
+    LIST_RECORDS,
+    PLC,
+    WEB,
+    AtprotoStandIn,
+    iso_of_us,
+)
+from tests.events_factory import BASE_US, CARD, PAGE
+
+FAST = Politeness(backoff_seconds=0.01, timeout_seconds=0.3, attempts=3)
+
+
+def plc(name: str) -> str:
+    """A syntactically valid did:plc (24 base32 characters) starting with `name`."""
+    return f"did:plc:{name:a<24}"
+
+
+ALICE, BOB = plc("alice"), plc("bob")
+HANDLE = "alice.test"
+
+
+@pytest.fixture
+def net() -> Iterator[AtprotoStandIn]:
+    with AtprotoStandIn() as running:
+        yield running
+
+
+def client(*, allow_private_network: bool = True) -> XrpcClient:
+    return XrpcClient(FAST, AddressGuard(allow_private_network))
+
+
+def document(did: str, pds: Any, *, service_id: str = "#atproto_pds") -> dict[str, Any]:
+    return {
+        "@context": DID_CONTEXT,
+        "id": did,
+        "alsoKnownAs": ["https://elsewhere.example", f"at://{HANDLE}"],
+        "verificationMethod": [],
+        "service": [
+            {"id": "#bsky_notif", "type": "BskyNotificationService", "serviceEndpoint": "x"},
+            {"id": service_id, "type": "AtprotoPersonalDataServer", "serviceEndpoint": pds},
+        ],
+    }
+
+
+def resolve_on(net: AtprotoStandIn, did: str, *, allow_private_network: bool = True) -> Identity:
+    async def go() -> Identity:
+        async with client(allow_private_network=allow_private_network) as xrpc:
+            return await resolve(xrpc, did, net.url)
+
+    return asyncio.run(go())
+
+
+def page_of(net: AtprotoStandIn, did: str, cursor: str | None = None) -> Page:
+    async def go() -> Page:
+        async with client() as xrpc:
+            return await list_records(xrpc, net.url, did, CARD, cursor)
+
+    return asyncio.run(go())
+
+
+# -- DID syntax and where the document is -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "did",
+    [
+        "did:plc:ewvi7nxzyoun6zhxrhs64oiz",
+        "did:web:example.com",
+        "did:web:localhost%3A8080",
+        "did:key:zQ3shunBKsXixLxKtC5qeSG9E4J5RkGN57im31pcTzbNQnm5w",
+        "did:plc:" + "a" * 2040,  # exactly MAX_DID_LENGTH
+    ],
+)
+def test_is_valid_did_accepts_dids_of_any_method(did: str) -> None:
+    assert is_valid_did(did)
+
+
+@pytest.mark.parametrize(
+    "did",
+    [
+        "did:plc:",
+        "plc:ewvi7nxzyoun6zhxrhs64oiz",
+        "did:PLC:ewvi7nxzyoun6zhxrhs64oiz",
+        "did:plc:ewvi7nxzyoun6zhxrhs64oiz:",
+        "did:web:example.com%",
+        "did:plc:" + "a" * 2041,  # one over MAX_DID_LENGTH
+        "did:plc:ewvi7nxzyoun6zhxrhs64oiz ",
+        "",
+    ],
+)
+def test_is_valid_did_refuses_what_is_not_a_did(did: str) -> None:
+    assert not is_valid_did(did)
+
+
+@pytest.mark.parametrize("plc_url", ["https://plc.directory", "https://plc.directory/"])
+def test_a_did_plc_document_is_under_the_trusted_plc_url(plc_url: str) -> None:
+    url, trusted = did_document_url("did:plc:ewvi7nxzyoun6zhxrhs64oiz", plc_url)
+
+    assert url == "https://plc.directory/did%3Aplc%3Aewvi7nxzyoun6zhxrhs64oiz"
+    assert trusted is True
+
+
+@pytest.mark.parametrize(
+    ("did", "url"),
+    [
+        ("did:web:example.com", "https://example.com/.well-known/did.json"),
+        ("did:web:pds.example.com%3A8443", "https://pds.example.com:8443/.well-known/did.json"),
+        ("did:web:localhost", "http://localhost/.well-known/did.json"),
+        ("did:web:localhost%3A8080", "http://localhost:8080/.well-known/did.json"),
+        ("did:web:127.0.0.1%3a2583", "http://127.0.0.1:2583/.well-known/did.json"),
+        ("did:web:localhost.example.com", "https://localhost.example.com/.well-known/did.json"),
+    ],
+)
+def test_a_did_web_document_is_at_the_hosts_well_known_path_untrusted(did: str, url: str) -> None:
+    assert did_document_url(did, "https://plc.directory") == (url, False)
+
+
+@pytest.mark.parametrize(
+    "did",
+    [
+        "did:web:example.com:user",  # did:web with a path: not an atproto DID
+        "did:key:zQ3shunBKsXixLxKtC5qeSG9E4J5RkGN57im31pcTzbNQnm5w",
+        "did:plc:tooshort",
+        "did:plc:ewvi7nxzyoun6zhxrhs64oi0",  # 0 is not base32
+    ],
+)
+def test_other_dids_cannot_be_resolved(did: str) -> None:
+    with pytest.raises(IdentityError):
+        did_document_url(did, "https://plc.directory")
+
+
+# -- resolution through PLC ---------------------------------------------------------------------
+
+
+def test_a_did_plc_resolves_to_its_pds_and_handle(net: AtprotoStandIn) -> None:
+    net.add_account(ALICE, handle=HANDLE, pds_url="https://pds.example.com/")
+
+    identity = resolve_on(net, ALICE)
+
+    assert identity == Identity(ALICE, "https://pds.example.com", HANDLE)
+    assert net.requests == [(f"/{ALICE}", {})]
+
+
+def test_a_did_without_a_handle_resolves_with_none(net: AtprotoStandIn) -> None:
+    net.add_account(ALICE)
+
+    assert resolve_on(net, ALICE) == Identity(ALICE, net.url, None)
+
+
+@pytest.mark.parametrize("service_id", ["#atproto_pds", f"{ALICE}#atproto_pds"])
+def test_both_forms_of_the_pds_service_id_are_accepted(
+    net: AtprotoStandIn, service_id: str
+) -> None:
+    net.set_did_document(ALICE, document(ALICE, "https://pds.example.com", service_id=service_id))
+
+    assert resolve_on(net, ALICE) == Identity(ALICE, "https://pds.example.com", HANDLE)
+
+
+def test_a_document_about_another_did_is_refused(net: AtprotoStandIn) -> None:
+    net.set_did_document(ALICE, document(BOB, "https://pds.example.com"))
+
+    with pytest.raises(IdentityError, match="is about"):
+        resolve_on(net, ALICE)
+    assert net.count(PLC) == 1
+
+
+def test_a_document_without_a_pds_service_is_refused(net: AtprotoStandIn) -> None:
+    doc = document(ALICE, "https://pds.example.com", service_id=f"{BOB}#atproto_pds")
+    net.set_did_document(ALICE, doc)
+
+    with pytest.raises(IdentityError, match="no #atproto_pds"):
+        resolve_on(net, ALICE)
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        42,
+        None,
+        {"uri": "https://pds.example.com"},
+        "ftp://pds.example.com",
+        "pds.example.com",
+        "https://",
+    ],
+)
+def test_a_pds_endpoint_that_is_not_an_http_url_is_refused(
+    net: AtprotoStandIn, endpoint: Any
+) -> None:
+    net.set_did_document(ALICE, document(ALICE, endpoint))
+
+    with pytest.raises(IdentityError, match="is not a URL"):
+        resolve_on(net, ALICE)
+    assert net.count(PLC) == 1  # a bad document is an answer, not a failure to retry
+
+
+def test_an_unknown_did_is_not_found_at_once(net: AtprotoStandIn) -> None:
+    with pytest.raises(DidNotFoundError):
+        resolve_on(net, ALICE)
+    assert net.count(PLC) == 1
+
+
+def test_a_tombstoned_did_is_reported_as_such(net: AtprotoStandIn) -> None:
+    net.add_account(ALICE)
+    net.tombstone_did(ALICE)
+
+    with pytest.raises(DidTombstonedError):
+        resolve_on(net, ALICE)
+    assert net.count(PLC) == 1
+
+
+def test_a_malformed_document_every_time_is_unavailable(net: AtprotoStandIn) -> None:
+    net.add_account(ALICE)
+    net.malformed(PLC, times=10)
+
+    with pytest.raises(UnavailableError, match="unreadable"):
+        resolve_on(net, ALICE)
+    assert net.count(PLC) == FAST.attempts
+
+
+def test_a_malformed_document_once_is_retried(net: AtprotoStandIn) -> None:
+    net.add_account(ALICE, handle=HANDLE)
+    net.malformed(PLC)
+
+    assert resolve_on(net, ALICE) == Identity(ALICE, net.url, HANDLE)
+    assert net.count(PLC) == 2
+
+
+# -- did:web --------------------------------------------------------------------------------------
+
+
+def web_did(net: AtprotoStandIn) -> str:
+    return "did:web:" + net.url.removeprefix("http://").replace(":", "%3A")
+
+
+def test_a_did_web_resolves_through_the_host_itself(net: AtprotoStandIn) -> None:
+    did = web_did(net)
+    net.set_web_document(document(did, "https://pds.example.com/"))
+
+    assert resolve_on(net, did) == Identity(did, "https://pds.example.com", HANDLE)
+    assert (net.count(WEB), net.count(PLC)) == (1, 0)
+
+
+def test_a_did_web_on_a_private_host_is_refused_before_any_request(net: AtprotoStandIn) -> None:
+    did = web_did(net)
+    net.set_web_document(document(did, "https://pds.example.com"))
+
+    with pytest.raises(RefusedAddressError):
+        resolve_on(net, did, allow_private_network=False)
+    assert net.requests == []
+
+
+def test_a_did_web_without_a_document_is_not_found(net: AtprotoStandIn) -> None:
+    with pytest.raises(DidNotFoundError):
+        resolve_on(net, web_did(net))
+    assert net.count(WEB) == 1
+
+
+def test_a_plc_document_pointing_at_a_private_pds_resolves_but_is_not_fetched(
+    net: AtprotoStandIn,
+) -> None:
+    net.add_account(ALICE, handle=HANDLE)  # its PDS is the stand-in: 127.0.0.1
+
+    async def go() -> tuple[Identity, BaseException | None]:
+        async with client(allow_private_network=False) as xrpc:
+            identity = await resolve(xrpc, ALICE, net.url)  # PLC_URL is configuration: trusted
+            try:
+                await latest_rev(xrpc, identity.pds, ALICE)
+            except RefusedAddressError as error:
+                return identity, error
+            return identity, None
+
+    identity, error = asyncio.run(go())
+
+    assert identity == Identity(ALICE, net.url, HANDLE)
+    assert isinstance(error, RefusedAddressError)
+    assert (net.count(PLC), net.count(GET_LATEST_COMMIT)) == (1, 0)
+
+
+# -- the PDS: getLatestCommit -------------------------------------------------------------------
+
+
+def rev_on(net: AtprotoStandIn, did: str) -> str:
+    async def go() -> str:
+        async with client() as xrpc:
+            return await latest_rev(xrpc, net.url, did)
+
+    return asyncio.run(go())
+
+
+def test_latest_rev_is_the_repos_current_rev(net: AtprotoStandIn) -> None:
+    net.add_account(ALICE)
+    net.create_records(ALICE, CARD, 2)
+
+    assert rev_on(net, ALICE) == net.rev(ALICE)
+    assert net.requests == [(f"/xrpc/{GET_LATEST_COMMIT}", {"did": ALICE})]
+
+
+def test_a_taken_down_repo_is_an_xrpc_error_named_repo_takendown(net: AtprotoStandIn) -> None:
+    net.add_account(ALICE)
+    net.set_repo_status(ALICE, "takendown")
+
+    with pytest.raises(XrpcError) as raised:
+        rev_on(net, ALICE)
+
+    assert (raised.value.status, raised.value.error) == (400, "RepoTakendown")
+    assert net.count(GET_LATEST_COMMIT) == 1
+
+
+# -- the PDS: listRecords pages -----------------------------------------------------------------
+
+
+def test_a_page_keeps_the_records_bytes_rkeys_and_created_at(net: AtprotoStandIn) -> None:
+    net.add_account(ALICE)
+    rkeys = net.create_records(ALICE, CARD, 3)
+    net.create_records(ALICE, PAGE, 2)
+
+    page = page_of(net, ALICE)
+
+    stored = net.records(ALICE, CARD)
+    assert [e.rkey for e in page.entries] == sorted(rkeys, reverse=True)
+    assert [json.loads(e.value) for e in page.entries] == [stored[e.rkey][1] for e in page.entries]
+    assert [e.cid for e in page.entries] == [stored[e.rkey][0] for e in page.entries]
+    assert [e.created_at for e in page.entries] == [iso_of_us(BASE_US + i) for i in (2, 1, 0)]
+    assert (page.listed, page.next_cursor, page.refused, page.oversized) == (
+        3,
+        min(rkeys),
+        {},
+        False,
+    )
+    assert net.requests[-1][1] == {"repo": ALICE, "collection": CARD, "limit": "100"}
+
+
+def test_a_record_of_another_repo_is_dropped_and_counted(net: AtprotoStandIn) -> None:
+    net.add_account(ALICE)
+    rkeys = net.create_records(ALICE, CARD, 3)
+    net.foreign_records(ALICE, CARD, BOB)
+
+    page = page_of(net, ALICE)
+
+    assert page.listed == 4
+    assert [e.rkey for e in page.entries] == sorted(rkeys, reverse=True)
+    assert page.refused == {"other_repo_or_collection": 1}
+
+
+def test_an_oversized_page_is_flagged_and_kept_whole(net: AtprotoStandIn) -> None:
+    net.add_account(ALICE)
+    rkeys = net.create_records(ALICE, CARD, 110)
+    net.oversize_pages(ALICE, CARD)
+
+    page = page_of(net, ALICE)
+
+    assert page.oversized is True
+    assert page.listed == len(page.entries) == 105
+    assert [e.rkey for e in page.entries] == sorted(rkeys, reverse=True)[:105]
+    assert page.refused == {}
+
+
+def test_a_page_answering_with_the_cursor_it_was_asked_for_is_stuck(net: AtprotoStandIn) -> None:
+    net.add_account(ALICE)
+    net.create_records(ALICE, CARD, 3)
+    net.repeat_cursor(ALICE, CARD)
+    first = page_of(net, ALICE)
+    assert first.next_cursor is not None
+
+    with pytest.raises(StuckCursorError):
+        page_of(net, ALICE, first.next_cursor)
+    assert net.count(LIST_RECORDS) == 2
+
+
+def listed(uri: str, value: bytes) -> ListedRecord:
+    return ListedRecord(uri=uri, cid="bafyreiexample", value=msgspec.Raw(value))
+
+
+def test_records_outside_the_listing_asked_for_are_dropped_by_reason() -> None:
+    prefix = f"at://{ALICE}/{CARD}"
+    answer = ListRecordsAnswer(
+        records=[
+            listed(f"{prefix}/3kgood", b'{"createdAt": "2024-08-30T06:40:00.000Z"}'),
+            listed(f"at://{BOB}/{CARD}/3kbob", b"{}"),
+            listed(f"at://{ALICE}/{PAGE}/3kpage", b"{}"),
+            listed(f"at://{ALICE}/{CARD}x/3kprefix", b"{}"),
+            listed(f"{prefix}/", b"{}"),  # no rkey
+            listed(f"{prefix}/3k/deeper", b"{}"),
+            listed(f"{prefix}/3klist", b"[1]"),
+            listed(f"{prefix}/3kstring", b'"text"'),
+            listed(f"{prefix}/3knull", b"null"),
+        ],
+        cursor="3knull",
+    )
+
+    page = check_page(answer, ALICE, CARD)
+
+    assert [e.rkey for e in page.entries] == ["3kgood"]
+    assert page.refused == {"other_repo_or_collection": 5, "not_an_object": 3}
+    assert (page.listed, page.next_cursor, page.oversized) == (9, "3knull", False)
+
+
+@pytest.mark.parametrize(
+    ("value", "created_at"),
+    [
+        (b'{"createdAt": "2024-08-30T06:40:00.000Z"}', "2024-08-30T06:40:00.000Z"),
+        (b'{"createdAt": 1725000000}', None),
+        (b'{"createdAt": {"$date": "2024"}}', None),
+        (b'{"createdAt": null}', None),
+        (b'{"text": "no date"}', None),
+    ],
+)
+def test_created_at_is_taken_only_when_it_is_a_string(value: bytes, created_at: str | None) -> None:
+    answer = ListRecordsAnswer(records=[listed(f"at://{ALICE}/{CARD}/3krkey", value)])
+
+    page = check_page(answer, ALICE, CARD)
+
+    assert [(e.rkey, e.value, e.created_at) for e in page.entries] == [
+        ("3krkey", value, created_at)
+    ]
