@@ -110,6 +110,7 @@ WHERE record_versions.did = c.did AND c.status <> c.old_status
 _UPDATE_HANDLES = f"""
 WITH latest AS ({_latest_per_did(_since_first_seen("batch_identities"))})
 UPDATE accounts SET handle = l.handle, identity_time = l.event_at, identity_seq = l.event_seq,
+    pds_resolved_at = NULL,  -- an identity event may announce a move to another PDS
     updated_at = now()
 FROM latest l
 WHERE accounts.did = l.did AND accounts.status <> 'deleted'
@@ -141,12 +142,14 @@ WHERE rowid IN (
 """
 
 # What lands: URIs not stored yet, and versions newer than the stored ones (row or tombstone).
-# A newer version with the same content (a backfill page re-reading a record at the repo's
-# newer rev) keeps the stored time: the record has not changed since then.
+# A backfill page re-reading an unchanged record (same CID) at the repo's newer rev keeps the
+# stored time (`$keep_time`): the record has not changed since then. A live event's time is
+# always its own.
 _PICK_WINNERS = """
 CREATE TEMP TABLE winners AS
 SELECT i.* REPLACE (
-        CASE WHEN s.cid = i.cid AND NOT s.deleted THEN s.time_us ELSE i.time_us END AS time_us),
+        CASE WHEN $keep_time AND s.cid = i.cid AND NOT s.deleted THEN s.time_us
+             ELSE i.time_us END AS time_us),
     s.row_id AS replaces
 FROM incoming i LEFT JOIN stored s ON s.uri = i.uri
 WHERE s.uri IS NULL
@@ -245,7 +248,7 @@ def apply_batch(con: duckdb.DuckDBPyConnection, batch: EventBatch) -> ApplyResul
     if batch.identities.num_rows:
         result.handles_updated = _count(con.execute(_UPDATE_HANDLES).fetchall())
     if batch.commits.num_rows:
-        _apply_commits(con, batch.commits.num_rows, result)
+        _apply_commits(con, batch.commits.num_rows, result, keep_time=False)
     if batch.gaps:
         _record_gaps(con, batch)
         result.gaps = len(batch.gaps)
@@ -261,12 +264,13 @@ def apply_batch(con: duckdb.DuckDBPyConnection, batch: EventBatch) -> ApplyResul
 
 def apply_commits(con: duckdb.DuckDBPyConnection, commits: pa.Table) -> ApplyResult:
     """Apply record versions from outside the stream (backfill pages, in `COMMIT_SCHEMA`)
-    inside the caller's open transaction, by the same rules as live commits."""
+    inside the caller's open transaction, by the same rules as live commits; an unchanged
+    record keeps its stored time."""
     started = time.perf_counter()
     result = ApplyResult()
     if commits.num_rows:
         con.register("batch_commits", commits)
-        _apply_commits(con, commits.num_rows, result)
+        _apply_commits(con, commits.num_rows, result, keep_time=True)
         con.unregister("batch_commits")
     result.seconds = time.perf_counter() - started
     return result
@@ -285,10 +289,14 @@ def _apply_accounts(con: duckdb.DuckDBPyConnection, result: ApplyResult) -> None
     con.execute("DROP TABLE account_changes")
 
 
-def _apply_commits(con: duckdb.DuckDBPyConnection, commits: int, result: ApplyResult) -> None:
+def _apply_commits(
+    con: duckdb.DuckDBPyConnection, commits: int, result: ApplyResult, keep_time: bool
+) -> None:
     """Apply the registered `batch_commits` of `commits` rows."""
-    for statement in (_STAGE_INCOMING, _FIND_STORED, _PICK_WINNERS, _REPLACE_ROWS):
-        con.execute(statement).fetchall()
+    con.execute(_STAGE_INCOMING).fetchall()
+    con.execute(_FIND_STORED).fetchall()
+    con.execute(_PICK_WINNERS, {"keep_time": keep_time}).fetchall()
+    con.execute(_REPLACE_ROWS).fetchall()
     con.execute(_INSERT_WINNERS).fetchall()
     written, tombstoned = con.execute(_COUNT_WINNERS).fetchall()[0]
     result.upserted, result.tombstoned = written - tombstoned, tombstoned

@@ -37,10 +37,11 @@ from mirror_assets.backfill_queue import (
 )
 from mirror_assets.batch import COMMIT_SCHEMA
 from mirror_assets.config import Settings
-from mirror_assets.identity import DidNotFoundError, DidTombstonedError, IdentityError, resolve
+from mirror_assets.identity import DidNotFoundError, DidTombstonedError, resolve
 from mirror_assets.lock import READER_WINDOW_SECONDS
-from mirror_assets.net_guard import AddressGuard, RefusedAddressError
-from mirror_assets.pds import RecordEntry, StuckCursorError, latest_rev, list_records
+from mirror_assets.net_guard import AddressGuard
+from mirror_assets.nsids import CollectionFilter
+from mirror_assets.pds import RecordEntry, latest_rev, list_records
 from mirror_assets.record_time import record_time_us
 from mirror_assets.store import Store
 from mirror_assets.xrpc import Politeness, UnavailableError, XrpcClient, XrpcError
@@ -54,8 +55,6 @@ _REPO_STATUS = {
     "RepoSuspended": "suspended",
     "RepoDeactivated": "deactivated",
 }
-# Failures worth a later retry: the PDS or the network misbehaved, or the document was bad.
-_RETRYABLE = (XrpcError, UnavailableError, StuckCursorError, RefusedAddressError, IdentityError)
 _PAGES_PER_TRANSACTION = 50
 _QUEUED_PAGES = 64  # fetched pages waiting for the writer before fetching pauses
 
@@ -126,7 +125,7 @@ async def backfill(
     started = time.monotonic()
     limits = settings.backfill
     ttl = limits.identity_ttl_seconds
-    tasks, cached = await asyncio.to_thread(_claim, store, dids, restart, ttl)
+    tasks, cached = await asyncio.to_thread(_claim, store, dids, settings.collections, restart, ttl)
     report = BackfillReport(dids=len({task.did for task in tasks}), tasks=len(tasks))
     writer = ProgressWriter(store, limits.retry_seconds, report)
     guard = AddressGuard(settings.allow_private_network)
@@ -155,10 +154,14 @@ async def backfill(
 
 
 def _claim(
-    store: Store, dids: Sequence[str], restart: Sequence[tuple[str, str]], ttl: float
+    store: Store,
+    dids: Sequence[str],
+    collections: CollectionFilter,
+    restart: Sequence[tuple[str, str]],
+    ttl: float,
 ) -> tuple[list[Task], dict[str, CachedIdentity]]:
     with store.writing() as tx:
-        tasks = claim(tx.con, dids, restart)
+        tasks = claim(tx.con, dids, collections, restart)
         return tasks, cached_identities(tx.con, [task.did for task in tasks], ttl)
 
 
@@ -194,23 +197,29 @@ class _Runner:
         self, did: str, tasks: list[Task], cached: CachedIdentity | None
     ) -> None:
         try:
-            pds = cached.pds if cached else await self._resolve(did)
-            # Asked every run, not only for new passes: it is how a closed repo says so.
-            rev = await latest_rev(self._client, pds, did)
-        except DidTombstonedError as error:
-            await self._end(tasks, "tombstoned", error)
-            return
-        except DidNotFoundError as error:
-            await self._end(tasks, "not_found", error)
-            return
-        except XrpcError as error:
-            await self._end(tasks, _REPO_STATUS.get(error.error or "", "failed"), error)
-            return
-        except _RETRYABLE as error:
-            await self._end(tasks, "failed", error)
+            pds, rev = await self._locate(did, cached)
+        except WriteFailedError:
+            raise
+        except Exception as error:  # whatever the DID's documents hold, only this DID fails
+            await self._end(tasks, _ended_status(error), error)
             return
         for task in tasks:
             await self._backfill_listing(pds, task, task.repo_rev if task.cursor else rev)
+
+    async def _locate(self, did: str, cached: CachedIdentity | None) -> tuple[str, str]:
+        """The DID's PDS, and its repo's rev now (asked every run: it is also how a closed
+        repo says so). A cached PDS that refuses is checked against a fresh resolution:
+        the account may have moved."""
+        if cached is not None:
+            try:
+                return cached.pds, await latest_rev(self._client, cached.pds, did)
+            except (XrpcError, UnavailableError) as error:
+                pds = await self._resolve(did)
+                if pds == cached.pds:
+                    raise error
+        else:
+            pds = await self._resolve(did)
+        return pds, await latest_rev(self._client, pds, did)
 
     async def _resolve(self, did: str) -> str:
         identity = await resolve(self._client, did, self._settings.plc_url)
@@ -241,10 +250,10 @@ class _Runner:
                     await self._writer.put(ListingDone(did, collection, rev))
                     return
                 cursor = page.next_cursor
-        except XrpcError as error:
-            await self._end([task], _REPO_STATUS.get(error.error or "", "failed"), error)
-        except _RETRYABLE as error:
-            await self._end([task], "failed", error)
+        except WriteFailedError:
+            raise
+        except Exception as error:  # whatever the PDS sends, only this listing fails
+            await self._end([task], _ended_status(error), error)
 
     async def _end(self, tasks: Sequence[Task], status: str, error: Exception) -> None:
         for task in tasks:
@@ -252,6 +261,17 @@ class _Runner:
             self._report.ended[status] += 1
             self._report.errors[f"{task.did} {task.collection}"] = str(error)
             await self._writer.put(Ended(task.did, task.collection, status, str(error)))
+
+
+def _ended_status(error: Exception) -> str:
+    """The status a backfill ends with: the repository's or the DID's own, else `failed`."""
+    if isinstance(error, DidTombstonedError):
+        return "tombstoned"
+    if isinstance(error, DidNotFoundError):
+        return "not_found"
+    if isinstance(error, XrpcError):
+        return _REPO_STATUS.get(error.error or "", "failed")
+    return "failed"
 
 
 def _now_us() -> int:
@@ -291,6 +311,10 @@ def commit_progress(
     return result
 
 
+class WriteFailedError(Exception):
+    """The writer could not commit: the run stops (what was committed stays)."""
+
+
 class ProgressWriter:
     """Commits progress reports in a worker thread, whatever has arrived in one transaction.
 
@@ -309,7 +333,7 @@ class ProgressWriter:
 
     async def put(self, item: Progress) -> None:
         if self._error is not None:
-            raise self._error
+            raise WriteFailedError("the run's writer failed; see the run's error") from self._error
         await self._queue.put(item)
 
     async def close(self) -> None:

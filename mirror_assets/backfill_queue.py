@@ -19,6 +19,7 @@ import duckdb
 import pyarrow as pa
 
 from mirror_assets.apply import ApplyResult, apply_commits
+from mirror_assets.nsids import CollectionFilter
 
 ENDED = ("not_found", "takendown", "suspended", "deactivated", "tombstoned")
 DONE = ("complete", *ENDED)
@@ -101,17 +102,20 @@ def queue(con: duckdb.DuckDBPyConnection, pairs: Sequence[tuple[str, str]]) -> i
 def claim(
     con: duckdb.DuckDBPyConnection,
     dids: Sequence[str],
+    collections: CollectionFilter,
     restart: Sequence[tuple[str, str]] = (),
 ) -> list[Task]:
     """Mark the DIDs' due backfills `in_progress` and return them as tasks.
 
     `restart` names (did, collection) pairs to list anew whatever their state (an
-    operator's request); the rest resume where their last pass stopped.
+    operator's request); the rest resume where their last pass stopped. Backfills of
+    collections no longer tracked are dropped: the stream would not keep them current.
     """
     if restart:
         queue(con, restart)
         _restart(con, restart)
     con.register("claimed_dids", pa.table({"did": pa.array(dids, pa.string())}))
+    _forget_untracked(con, collections)
     rows = con.execute(
         """
         UPDATE backfills SET status = 'in_progress', updated_at = now(),
@@ -127,6 +131,20 @@ def claim(
     ).fetchall()
     con.unregister("claimed_dids")
     return sorted((Task(*row) for row in rows), key=lambda task: (task.did, task.collection))
+
+
+def _forget_untracked(con: duckdb.DuckDBPyConnection, collections: CollectionFilter) -> None:
+    """Drop the claimed DIDs' backfills of collections COLLECTIONS no longer names."""
+    rows = con.execute(
+        "SELECT DISTINCT collection FROM backfills WHERE did IN (SELECT did FROM claimed_dids)"
+    ).fetchall()
+    untracked = [row[0] for row in rows if not collections.matches(row[0])]
+    if untracked:
+        con.execute(
+            "DELETE FROM backfills WHERE did IN (SELECT did FROM claimed_dids) "
+            "AND list_contains(?, collection)",
+            [untracked],
+        ).fetchall()
 
 
 def _restart(con: duckdb.DuckDBPyConnection, pairs: Sequence[tuple[str, str]]) -> None:

@@ -213,7 +213,23 @@ def format_status(settings: Settings, status: MirrorStatus) -> str:
             f"{c.collection:<40} {c.records:>10} {c.hidden:>8} {c.tombstones:>8} {c.dids:>8}"
         )
     lines.append(f"accounts: {_by_status(status.accounts_by_status)}")
-    lines.append(f"backfills: {_by_status(status.backfills_by_status)}")
+    lines.append(
+        f"backfills: {_by_status(status.backfills_by_status)} "
+        f"({status.backfill_records} records in {status.backfill_pages} pages)"
+    )
+    for failed in status.failed_backfills:
+        retry = f"{failed.next_attempt_at:%Y-%m-%d %H:%M}" if failed.next_attempt_at else "now"
+        lines.append(
+            f"  failed: {failed.did} {failed.collection} ({failed.attempts} attempts, "
+            f"retry {retry}): {failed.last_error}"
+        )
+    for discovery in status.discovery:
+        state = "pass in progress" if discovery.in_progress else "last complete pass"
+        when = f"{discovery.completed_at:%Y-%m-%d %H:%M}" if discovery.completed_at else "never"
+        lines.append(
+            f"discovery: {discovery.collection} on {discovery.relay}: {discovery.repos_listed} "
+            f"repos listed, {discovery.dids_queued} new ({state}; completed {when})"
+        )
     for detected_at, endpoint, seconds in status.gaps:
         lines.append(
             f"cursor gap: {detected_at:%Y-%m-%d %H:%M} on {endpoint}, {seconds:.0f} s lost"

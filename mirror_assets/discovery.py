@@ -101,8 +101,7 @@ def never_completed(con: duckdb.DuckDBPyConnection, settings: Settings) -> list[
     done = {
         row[0]
         for row in con.execute(
-            "SELECT collection FROM discovery_state "
-            "WHERE relay = ? AND completed_at IS NOT NULL",
+            "SELECT collection FROM discovery_state WHERE relay = ? AND completed_at IS NOT NULL",
             [settings.relay_url],
         ).fetchall()
     }

@@ -82,9 +82,14 @@ def identity_from_document(did: str, document: DidDocument) -> Identity:
 
 
 def _is_http_url(value: object) -> bool:
+    """An http(s) URL with a host and, if any, a valid port."""
     if not isinstance(value, str):
         return False
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (raises ValueError for a port out of range or not a number)
+    except ValueError:
+        return False
     return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 

@@ -21,6 +21,25 @@ class CollectionCounts:
 
 
 @dataclass(frozen=True)
+class DiscoveryPass:
+    collection: str
+    relay: str
+    repos_listed: int
+    dids_queued: int
+    in_progress: bool  # a pass stopped midway, to resume
+    completed_at: datetime | None  # of the last complete pass
+
+
+@dataclass(frozen=True)
+class FailedBackfill:
+    did: str
+    collection: str
+    attempts: int
+    last_error: str | None
+    next_attempt_at: datetime | None
+
+
+@dataclass(frozen=True)
 class MirrorStatus:
     schema_version: int
     collections: list[CollectionCounts]
@@ -28,6 +47,10 @@ class MirrorStatus:
     cursor_endpoint: str | None
     accounts_by_status: dict[str, int]
     backfills_by_status: dict[str, int]
+    backfill_pages: int  # fetched by the passes on record
+    backfill_records: int
+    failed_backfills: list[FailedBackfill]  # the most recent few
+    discovery: list[DiscoveryPass]
     gaps: list[tuple[datetime, str, float]]  # detected at, endpoint, seconds lost
     read_at: float = field(default_factory=time.time)
 
@@ -40,7 +63,7 @@ class MirrorStatus:
         return cursor_lag_seconds(self.cursor_us, self.read_at)
 
 
-def read_status(con: duckdb.DuckDBPyConnection, recent_gaps: int = 5) -> MirrorStatus:
+def read_status(con: duckdb.DuckDBPyConnection, recent: int = 5) -> MirrorStatus:
     collections = [
         CollectionCounts(*row)
         for row in con.execute(
@@ -55,6 +78,9 @@ def read_status(con: duckdb.DuckDBPyConnection, recent_gaps: int = 5) -> MirrorS
         ).fetchall()
     ]
     cursor = con.execute("SELECT cursor_us, endpoint FROM ingest_state").fetchall()
+    pages, fetched = con.execute(
+        "SELECT coalesce(sum(pages), 0), coalesce(sum(records), 0) FROM backfills"
+    ).fetchall()[0]
     version = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()
     return MirrorStatus(
         schema_version=int(version[0][0]),
@@ -63,12 +89,29 @@ def read_status(con: duckdb.DuckDBPyConnection, recent_gaps: int = 5) -> MirrorS
         cursor_endpoint=cursor[0][1] if cursor else None,
         accounts_by_status=_counts(con, "accounts"),
         backfills_by_status=_counts(con, "backfills"),
+        backfill_pages=int(pages),
+        backfill_records=int(fetched),
+        failed_backfills=[
+            FailedBackfill(*row)
+            for row in con.execute(
+                "SELECT did, collection, attempts, last_error, next_attempt_at FROM backfills "
+                "WHERE status = 'failed' ORDER BY updated_at DESC LIMIT ?",
+                [recent],
+            ).fetchall()
+        ],
+        discovery=[
+            DiscoveryPass(*row)
+            for row in con.execute(
+                "SELECT collection, relay, repos_listed, dids_queued, cursor IS NOT NULL, "
+                "completed_at FROM discovery_state ORDER BY collection"
+            ).fetchall()
+        ],
         gaps=[
             (row[0], row[1], row[2])
             for row in con.execute(
                 "SELECT detected_at, endpoint, gap_seconds FROM ingest_gaps "
                 "ORDER BY detected_at DESC LIMIT ?",
-                [recent_gaps],
+                [recent],
             ).fetchall()
         ],
     )

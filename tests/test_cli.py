@@ -15,8 +15,11 @@ import dagster as dg
 import httpx
 import pytest
 
+from mirror_assets.config import Settings
+from mirror_assets.discovery import run_discovery
 from mirror_assets.store import Store
-from tests.events_factory import PAGE, account, at, create, did
+from tests.atproto_server import AtprotoStandIn
+from tests.events_factory import CARD, PAGE, account, at, create, did
 from tests.jetstream_server import JetstreamServer
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -35,10 +38,10 @@ def mirror(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str
     )
 
 
-def ingest_run_statuses(project: Path) -> list[dg.DagsterRunStatus]:
-    """The statuses of the `ingest` job's runs in the project's Dagster instance."""
+def run_statuses(project: Path, job: str = "ingest") -> list[dg.DagsterRunStatus]:
+    """The statuses of the job's runs in the project's Dagster instance."""
     with dg.DagsterInstance.from_config(str(project / ".dagster")) as instance:
-        runs = instance.get_runs(filters=dg.RunsFilter(job_name="ingest"))
+        runs = instance.get_runs(filters=dg.RunsFilter(job_name=job))
     return [run.status for run in runs]
 
 
@@ -60,7 +63,7 @@ def test_init_then_status_on_an_empty_mirror(project: Path) -> None:
     status = mirror(project, "status")
     assert status.returncode == 0, status.stderr
     assert "cursor: none yet" in status.stdout
-    assert "backfills: none" in status.stdout
+    assert "backfills: none (0 records in 0 pages)" in status.stdout
 
 
 def test_ingest_runs_through_dagster_and_status_shows_it(project: Path) -> None:
@@ -76,7 +79,7 @@ def test_ingest_runs_through_dagster_and_status_shows_it(project: Path) -> None:
     assert "accounts_changed: 1" in run.stdout
 
     # The run is recorded in the project's Dagster instance, as a run of the `ingest` job.
-    assert ingest_run_statuses(project) == [dg.DagsterRunStatus.SUCCESS]
+    assert run_statuses(project) == [dg.DagsterRunStatus.SUCCESS]
 
     status = mirror(project, "status")
     assert status.returncode == 0, status.stderr
@@ -98,7 +101,7 @@ def test_ingest_with_no_jetstream_fails_with_a_clear_error(project: Path) -> Non
     assert "error: " in run.stderr
     assert "no Jetstream endpoint answered" in run.stderr
     assert "check JETSTREAM_URLS" in run.stderr
-    assert ingest_run_statuses(project) == [dg.DagsterRunStatus.FAILURE]
+    assert run_statuses(project) == [dg.DagsterRunStatus.FAILURE]
 
 
 def test_reset_asks_first_and_then_empties_the_mirror(project: Path) -> None:
@@ -120,12 +123,88 @@ def test_reset_asks_first_and_then_empties_the_mirror(project: Path) -> None:
         assert con.execute("SELECT count(*) FROM ingest_state").fetchall() == [(0,)]
 
 
+ALICE = did("a" * 24)
+
+
+def test_backfill_lists_a_did_through_dagster_and_status_shows_it(project: Path) -> None:
+    with AtprotoStandIn() as net:
+        net.add_account(ALICE, handle="alice.test")
+        net.create_records(ALICE, CARD, 250)
+        net.create_records(ALICE, PAGE, 3)
+        pds = {"PLC_URL": net.url, "MIRROR_ALLOW_PRIVATE_NETWORK": "1"}
+        first = mirror(project, "backfill", ALICE, **pds)
+        again = mirror(project, "backfill", ALICE, "--collection", CARD, **pds)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "listings_completed: 2" in first.stdout
+    assert "rows_upserted: 253" in first.stdout
+    assert f"done: {ALICE}" in first.stdout
+    # Asked again, the collection is listed anew: nothing changed, so nothing is written.
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "listings: 1" in again.stdout
+    assert "rows_stale: 250" in again.stdout
+    assert run_statuses(project, "backfill") == [dg.DagsterRunStatus.SUCCESS] * 2
+    with dg.DagsterInstance.from_config(str(project / ".dagster")) as instance:
+        assert instance.get_materialized_partitions(dg.AssetKey("did_backfill")) == {ALICE}
+
+    status = mirror(project, "status")
+    assert "backfills: complete 2 (253 records in 4 pages)" in status.stdout
+    assert any(line.split() == [CARD, "250", "0", "0", "1"] for line in status.stdout.splitlines())
+
+
+def test_backfill_of_a_did_gone_from_its_directory_says_so(project: Path) -> None:
+    with AtprotoStandIn() as net:
+        net.add_account(ALICE)
+        net.tombstone_did(ALICE)
+        run = mirror(project, "backfill", ALICE, PLC_URL=net.url)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "ended_tombstoned: 2" in run.stdout
+    assert "tombstoned (the directory answered 410)" in run.stdout
+    assert "backfills: tombstoned 2" in mirror(project, "status").stdout
+
+
+def test_status_shows_failed_backfills_and_discovery(project: Path) -> None:
+    with AtprotoStandIn() as net:
+        url = net.url
+        net.add_account(ALICE)
+        net.create_records(ALICE, CARD, 1)
+        net.fail("plc", 503, times=2)
+        env = {"PLC_URL": net.url, "RELAY_URL": net.url, "BACKFILL_HTTP_ATTEMPTS": "1"}
+        failed = mirror(project, "backfill", ALICE, "--collection", CARD, **env)
+        settings = Settings(db_path=project / "data" / "mirror.duckdb", relay_url=net.url)
+        run_discovery(settings)
+    assert failed.returncode == 0, failed.stdout + failed.stderr
+    assert "ended_failed: 1" in failed.stdout
+
+    status = mirror(project, "status").stdout
+    assert "backfills: failed 1 (0 records in 0 pages)" in status
+    assert f"  failed: {ALICE} {CARD} (1 attempts, retry " in status
+    assert "server error 503 (1 attempts)" in status
+    assert f"discovery: {CARD} on {url}: 1 repos listed, 0 new (last complete pass" in status
+    assert f"discovery: {PAGE} on {url}: 0 repos listed, 0 new (last complete pass" in status
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["not-a-did"], "'not-a-did' is not a DID"),
+        ([ALICE, "--collection", "com.example.other"], "com.example.other is not tracked"),
+    ],
+)
+def test_backfill_refuses_what_it_cannot_do(project: Path, args: list[str], message: str) -> None:
+    result = mirror(project, "backfill", *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert not (project / ".dagster").exists()  # refused before any run
+
+
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
         ("JETSTREAM_URLS", "http://example.com", "must start with ws:// or wss://"),
         ("COLLECTIONS", "not a collection", "is neither an NSID"),
         ("INGEST_IDLE_SECONDS", "soon", "is not a number"),
+        ("PLC_URL", "plc.directory", "must start with http:// or https://"),
+        ("BACKFILL_PER_HOST", "0", "must be greater than zero"),
     ],
 )
 def test_bad_configuration_is_a_clear_error(
