@@ -1,10 +1,13 @@
 """Backfill benchmark: the real backfill run against a local PDS stand-in in another process.
 
-    .venv/bin/python -m bench.backfill [--dids 200] [--records 500] [--repeat 2] [--keep]
+    .venv/bin/python -m bench.backfill [--dids 200] [--records 500] [--repeat 2]
+                                       [--latency-ms 0] [--keep]
 
-A child process serves a PLC directory and a PDS (`tests/atproto_server.py`, real HTTP)
-holding `--dids` repos of `--records` records each (about 330 bytes of JSON per record, TID
-rkeys). Two clients page the same data, alternately, `--repeat` times each:
+A child process serves a PLC directory and a PDS (`tests/atproto_server.py`, real HTTP, on
+two ports as they are two hosts on the network) holding `--dids` repos of `--records`
+records each (about 330 bytes of JSON per record, TID rkeys); `--latency-ms` delays every
+answer, as a PDS across a network does. Two clients page the same data, alternately,
+`--repeat` times each:
 
 * bare: an httpx loop that pages `listRecords` for every DID with the mirror's per-host
   limit (BACKFILL_PER_HOST, default 4) and decodes each page, storing nothing: the rate
@@ -53,14 +56,17 @@ def did_of(n: int) -> str:
     return "did:plc:" + "".join(reversed(chars))
 
 
-def serve(dids: int, records: int, ready: Connection) -> None:
-    """The child: a stand-in PLC and PDS with the benchmark's repos, until terminated."""
+def serve(dids: int, records: int, latency: float, ready: Connection) -> None:
+    """The child: a PLC directory and a PDS (two hosts, as on the network) with the
+    benchmark's repos, each answer `latency` seconds late, until terminated."""
     from tests.atproto_server import AtprotoStandIn
     from tests.events_factory import tid
 
-    net = AtprotoStandIn().start()
+    plc, net = AtprotoStandIn().start(), AtprotoStandIn().start()
+    plc.latency_seconds = net.latency_seconds = latency
     for d in range(dids):
         did = did_of(d)
+        plc.add_account(did, handle=f"user{d}.test", pds_url=net.url)
         net.add_account(did, handle=f"user{d}.test")
         for i in range(records):
             time_us = START_US + d * records + i
@@ -72,7 +78,7 @@ def serve(dids: int, records: int, ready: Connection) -> None:
                 "createdAt": "2024-08-30T06:40:00.000Z",
             }
             net.put_record(did, COLLECTION, tid(time_us), value)
-    ready.send(net.url)
+    ready.send((plc.url, net.url))
     while True:
         time.sleep(3600)
 
@@ -104,12 +110,12 @@ async def bare(url: str, dids: int, per_host: int) -> int:
     return seen
 
 
-def mirror(url: str, dids: int, db: Path) -> tuple[int, float, dict[str, int | float]]:
+def mirror(plc: str, dids: int, db: Path) -> tuple[int, float, dict[str, int | float]]:
     shutil.rmtree(db.parent, ignore_errors=True)
     settings = Settings(
         collections=CollectionFilter.parse(COLLECTION),
         db_path=db,
-        plc_url=url,
+        plc_url=plc,
         allow_private_network=True,
         backfill=BackfillLimits(run_seconds=3600),
     )
@@ -132,6 +138,9 @@ def main() -> None:
     parser.add_argument("--dids", type=int, default=200)
     parser.add_argument("--records", type=int, default=500)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument(
+        "--latency-ms", type=float, default=0.0, help="added to every answer (default 0)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep bench/out/backfill/")
     args = parser.parse_args()
     expected = args.dids * args.records
@@ -139,14 +148,15 @@ def main() -> None:
 
     receive, send = mp.get_context("spawn").Pipe(duplex=False)
     server = mp.get_context("spawn").Process(
-        target=serve, args=(args.dids, args.records, send), daemon=True
+        target=serve, args=(args.dids, args.records, args.latency_ms / 1000, send), daemon=True
     )
     built = time.perf_counter()
     server.start()
-    url = receive.recv()
+    plc, url = receive.recv()
     print(
         f"PDS stand-in: {args.dids} DIDs x {args.records} records, built in "
-        f"{time.perf_counter() - built:.1f} s, per-host limit {per_host}"
+        f"{time.perf_counter() - built:.1f} s, per-host limit {per_host}, "
+        f"latency {args.latency_ms:g} ms"
     )
     bare_rates, mirror_rates = [], []
     try:
@@ -161,7 +171,7 @@ def main() -> None:
                 f"= {bare_rates[-1]:,.0f} records/s"
             )
 
-            rows, seconds, summary = mirror(url, args.dids, OUT / "backfill" / "mirror.duckdb")
+            rows, seconds, summary = mirror(plc, args.dids, OUT / "backfill" / "mirror.duckdb")
             ok = "ok" if rows == expected else f"MISMATCH ({rows} rows, expected {expected})"
             mirror_rates.append(rows / seconds)
             print(

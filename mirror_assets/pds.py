@@ -8,10 +8,12 @@ objects too, and a page that repeats the cursor it was asked for ends the listin
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import msgspec
 
+from mirror_assets.record_time import record_time_us
 from mirror_assets.xrpc import XrpcClient
 
 PAGE_LIMIT = 100
@@ -33,10 +35,6 @@ class ListRecordsAnswer(msgspec.Struct):
     cursor: str | None = None
 
 
-class _CreatedAt(msgspec.Struct):
-    createdAt: object = None  # noqa: N815 (the lexicon's field name; any JSON value)
-
-
 class StuckCursorError(Exception):
     """The PDS answered a page with the cursor it was asked for: paging would never end."""
 
@@ -46,7 +44,7 @@ class RecordEntry:
     rkey: str
     cid: str
     value: bytes  # the record as JSON, as the PDS sent it
-    created_at: str | None
+    time_us: int  # when it was made (record_time.py)
 
 
 @dataclass
@@ -76,14 +74,15 @@ async def list_records(
     if cursor is not None:
         params["cursor"] = cursor
     answer = await client.get(f"{pds}/xrpc/com.atproto.repo.listRecords", params, ListRecordsAnswer)
-    page = check_page(answer, did, collection)
+    page = check_page(answer, did, collection, time.time_ns() // 1000)
     if page.listed and cursor is not None and page.next_cursor == cursor:
         raise StuckCursorError(f"{pds} answered cursor {cursor!r} with the same cursor")
     return page
 
 
-def check_page(answer: ListRecordsAnswer, did: str, collection: str) -> Page:
-    """Keep the records that belong to the listing asked for; count the rest by reason."""
+def check_page(answer: ListRecordsAnswer, did: str, collection: str, fetched_us: int) -> Page:
+    """Keep the records that belong to the listing asked for, with their times; count the
+    rest by reason."""
     page = Page(len(answer.records), [], answer.cursor if answer.records else None)
     page.oversized = len(answer.records) > PAGE_LIMIT
     prefix = f"at://{did}/{collection}/"
@@ -95,9 +94,8 @@ def check_page(answer: ListRecordsAnswer, did: str, collection: str) -> Page:
         elif not value.startswith(b"{"):
             reason = "not_an_object"
         else:
-            created_at = msgspec.json.decode(value, type=_CreatedAt).createdAt
-            text = created_at if isinstance(created_at, str) else None
-            page.entries.append(RecordEntry(rkey, record.cid, value, text))
+            time_us = record_time_us(rkey, value, fetched_us)
+            page.entries.append(RecordEntry(rkey, record.cid, value, time_us))
             continue
         page.refused[reason] = page.refused.get(reason, 0) + 1
     return page

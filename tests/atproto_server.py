@@ -173,6 +173,7 @@ class AtprotoStandIn:
     def __init__(self) -> None:
         self.requests: list[tuple[str, dict[str, str]]] = []
         self.max_in_flight = 0
+        self.latency_seconds = 0.0  # every answer waits this long (a PDS across a network)
         self.clock_us = REV_START_US - 1  # the time of the last rev handed out
         self._in_flight = 0
         self._lock = threading.Lock()
@@ -427,6 +428,8 @@ class AtprotoStandIn:
             self._changed.notify_all()
 
     def _answer(self, endpoint: str, path: str, query: dict[str, str]) -> _Reply:
+        if self.latency_seconds:
+            time.sleep(self.latency_seconds)
         hold = self._pass_hold() if endpoint == LIST_RECORDS else None
         fault = self._take_fault(endpoint)
         if fault is not None and fault.kind == "delay":

@@ -403,3 +403,12 @@ def test_relay_pages(server: AtprotoStandIn, http: httpx.Client) -> None:
     bad = http.get(f"/xrpc/{LIST_REPOS_BY_COLLECTION}", params={"collection": CARD, "limit": 2001})
     assert bad.status_code == 400
     assert server.count(LIST_REPOS_BY_COLLECTION) == 5
+
+
+def test_latency_delays_every_answer(server: AtprotoStandIn, http: httpx.Client) -> None:
+    server.add_account(ALICE)
+    server.latency_seconds = 0.2
+    started = time.monotonic()
+    assert list_records(http).status_code == 200
+    assert http.get(f"/{ALICE}").status_code == 200
+    assert time.monotonic() - started >= 0.4

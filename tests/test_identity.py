@@ -42,7 +42,6 @@ from tests.atproto_server import (
     PLC,
     WEB,
     AtprotoStandIn,
-    iso_of_us,
 )
 from tests.events_factory import BASE_US, CARD, PAGE
 
@@ -347,8 +346,10 @@ def test_a_taken_down_repo_is_an_xrpc_error_named_repo_takendown(net: AtprotoSta
 
 # -- the PDS: listRecords pages -----------------------------------------------------------------
 
+FETCHED_US = BASE_US + 3600 * 1_000_000  # when a hand-made page was fetched
 
-def test_a_page_keeps_the_records_bytes_rkeys_and_created_at(net: AtprotoStandIn) -> None:
+
+def test_a_page_keeps_the_records_bytes_rkeys_and_times(net: AtprotoStandIn) -> None:
     net.add_account(ALICE)
     rkeys = net.create_records(ALICE, CARD, 3)
     net.create_records(ALICE, PAGE, 2)
@@ -359,7 +360,7 @@ def test_a_page_keeps_the_records_bytes_rkeys_and_created_at(net: AtprotoStandIn
     assert [e.rkey for e in page.entries] == sorted(rkeys, reverse=True)
     assert [json.loads(e.value) for e in page.entries] == [stored[e.rkey][1] for e in page.entries]
     assert [e.cid for e in page.entries] == [stored[e.rkey][0] for e in page.entries]
-    assert [e.created_at for e in page.entries] == [iso_of_us(BASE_US + i) for i in (2, 1, 0)]
+    assert [e.time_us for e in page.entries] == [BASE_US + i for i in (2, 1, 0)]  # the TIDs
     assert (page.listed, page.next_cursor, page.refused, page.oversized) == (
         3,
         min(rkeys),
@@ -427,7 +428,7 @@ def test_records_outside_the_listing_asked_for_are_dropped_by_reason() -> None:
         cursor="3knull",
     )
 
-    page = check_page(answer, ALICE, CARD)
+    page = check_page(answer, ALICE, CARD, FETCHED_US)
 
     assert [e.rkey for e in page.entries] == ["3kgood"]
     assert page.refused == {"other_repo_or_collection": 5, "not_an_object": 3}
@@ -435,20 +436,18 @@ def test_records_outside_the_listing_asked_for_are_dropped_by_reason() -> None:
 
 
 @pytest.mark.parametrize(
-    ("value", "created_at"),
+    ("value", "time_us"),
     [
-        (b'{"createdAt": "2024-08-30T06:40:00.000Z"}', "2024-08-30T06:40:00.000Z"),
-        (b'{"createdAt": 1725000000}', None),
-        (b'{"createdAt": {"$date": "2024"}}', None),
-        (b'{"createdAt": null}', None),
-        (b'{"text": "no date"}', None),
+        (b'{"createdAt": "2024-08-30T06:40:00.000Z"}', BASE_US),
+        (b'{"createdAt": 1725000000}', FETCHED_US),
+        (b'{"createdAt": {"$date": "2024"}}', FETCHED_US),
+        (b'{"createdAt": null}', FETCHED_US),
+        (b'{"text": "no date"}', FETCHED_US),
     ],
 )
-def test_created_at_is_taken_only_when_it_is_a_string(value: bytes, created_at: str | None) -> None:
+def test_a_record_without_a_tid_is_timed_by_a_created_at_string(value: bytes, time_us: int) -> None:
     answer = ListRecordsAnswer(records=[listed(f"at://{ALICE}/{CARD}/3krkey", value)])
 
-    page = check_page(answer, ALICE, CARD)
+    page = check_page(answer, ALICE, CARD, FETCHED_US)
 
-    assert [(e.rkey, e.value, e.created_at) for e in page.entries] == [
-        ("3krkey", value, created_at)
-    ]
+    assert [(e.rkey, e.value, e.time_us) for e in page.entries] == [("3krkey", value, time_us)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from mirror_assets.record_time import created_at_us, record_time_us, tid_time_us
@@ -46,24 +48,29 @@ def test_tids_sort_like_their_times() -> None:
         ("yesterday", None),
         ("", None),
         (None, None),
+        (1725000000, None),  # a number is not a datetime string
     ],
 )
-def test_created_at_is_read_when_it_is_a_datetime(
-    created_at: str | None, expected: int | None
-) -> None:
+def test_created_at_is_read_when_it_is_a_datetime(created_at: object, expected: int | None) -> None:
     assert created_at_us(created_at) == expected
 
 
-def test_the_rkey_wins_then_created_at_then_first_seen() -> None:
+def created(at: str | None) -> bytes:
+    """A record's JSON with that `createdAt` (none if None)."""
+    return b"{}" if at is None else json.dumps({"text": "x", "createdAt": at}).encode()
+
+
+def test_the_rkey_wins_then_created_at_then_the_fetch() -> None:
     rkey = tid(BASE_US + 42)
-    assert record_time_us(rkey, "2020-01-01T00:00:00Z", LATER) == BASE_US + 42
-    assert record_time_us("self", "2024-08-30T06:40:00Z", LATER) == BASE_US
-    assert record_time_us("self", None, LATER) == LATER
-    assert record_time_us("self", "not a date", LATER) == LATER
+    assert record_time_us(rkey, created("2020-01-01T00:00:00Z"), LATER) == BASE_US + 42
+    assert record_time_us("self", created("2024-08-30T06:40:00Z"), LATER) == BASE_US
+    assert record_time_us("self", created(None), LATER) == LATER
+    assert record_time_us("self", created("not a date"), LATER) == LATER
+    assert record_time_us("self", b'{"createdAt": 1725000000}', LATER) == LATER
 
 
 def test_a_time_after_the_fetch_cannot_be_real() -> None:
     future = LATER + SECOND
-    assert record_time_us(tid(future), "2024-08-30T06:40:00Z", LATER) == BASE_US
-    assert record_time_us(tid(future), "2099-01-01T00:00:00Z", LATER) == LATER
-    assert record_time_us(tid(0), None, LATER) == LATER  # a zero TID says nothing either
+    assert record_time_us(tid(future), created("2024-08-30T06:40:00Z"), LATER) == BASE_US
+    assert record_time_us(tid(future), created("2099-01-01T00:00:00Z"), LATER) == LATER
+    assert record_time_us(tid(0), created(None), LATER) == LATER  # a zero TID says nothing

@@ -531,7 +531,8 @@ def test_a_stale_claim_is_launched_again_once_no_run_covers_it(
     # A later run claimed dids[1] (a restart of its listing) and its process died.
     with Store(db_of(mirror)).writing() as tx:
         tx.con.execute("UPDATE backfills SET status = 'pending' WHERE did = ?", [dids[1]])
-        assert [task.did for task in claim(tx.con, [dids[1]])] == [dids[1]]
+        tasks = claim(tx.con, [dids[1]], CollectionFilter.parse(CARD))
+        assert [task.did for task in tasks] == [dids[1]]
     assert statuses(mirror)[dids[1]] == "in_progress"
 
     dead = in_flight_run(instance, {PARTITION: dids[1]}, dg.DagsterRunStatus.STARTED)
