@@ -27,6 +27,7 @@ test: lint
 
 bench: install
 	$(BIN)/python -m bench.ingest
+	$(BIN)/python -m bench.backfill
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -222,32 +222,68 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_run_starts_dagster_and_the_api_and_ctrl_c_stops_both(project: Path) -> None:
+def test_run_serves_and_backfills_without_any_manual_step_and_ctrl_c_stops(
+    project: Path,
+) -> None:
+    """`mirror run` against stand-ins: the API and the UI answer; discovery finds a user the
+    stream never showed, ingest sees another, and the sensors backfill both from their PDS."""
     api_port, dagster_port = _free_port(), _free_port()
-    env = {
-        **os.environ,
-        "MIRROR_DB": str(project / "data" / "mirror.duckdb"),
-        "API_PORT": str(api_port),
-        "DAGSTER_PORT": str(dagster_port),
-        "JETSTREAM_URLS": "ws://127.0.0.1:9",  # nothing listens: no network needed
-    }
-    process = subprocess.Popen(
-        [MIRROR, "run"], cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    try:
-        api = _wait_for(f"http://127.0.0.1:{api_port}/health")
-        assert api.json() == {"status": "ok"}
-        ui = _wait_for(f"http://127.0.0.1:{dagster_port}/server_info")
-        assert "dagster_webserver_version" in ui.json()
-        assert (project / ".dagster" / "dagster.yaml").is_file()
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=60) is not None
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
+    seen_live, discovered = did("l" * 24), did("d" * 24)
+    with AtprotoStandIn() as net, JetstreamServer() as stream:
+        net.add_account(seen_live)
+        net.create_records(seen_live, CARD, 250)
+        net.add_account(discovered)
+        net.create_records(discovered, PAGE, 30)
+        [rkey] = net.create_records(seen_live, CARD, 1, start_us=at(100))
+        live = create(seen_live, rkey, rev=1, t=0)
+        live["time_us"] = time.time_ns() // 1000 - 10_000_000  # ten seconds ago
+        live["commit"]["rev"] = net.rev(seen_live)
+        stream.add(live)
+        env = {
+            **os.environ,
+            "MIRROR_DB": str(project / "data" / "mirror.duckdb"),
+            "API_PORT": str(api_port),
+            "DAGSTER_PORT": str(dagster_port),
+            "JETSTREAM_URLS": stream.url,
+            "PLC_URL": net.url,
+            "RELAY_URL": net.url,
+            "MIRROR_ALLOW_PRIVATE_NETWORK": "1",
+        }
+        process = subprocess.Popen(
+            [MIRROR, "run"], cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        try:
+            api = _wait_for(f"http://127.0.0.1:{api_port}/health")
+            assert api.json() == {"status": "ok"}
+            ui = _wait_for(f"http://127.0.0.1:{dagster_port}/server_info")
+            assert "dagster_webserver_version" in ui.json()
+            assert (project / ".dagster" / "dagster.yaml").is_file()
+            backfills = _wait_for_backfills(project, {seen_live, discovered}, timeout=150)
+            assert backfills == {(seen_live, CARD, 251), (discovered, PAGE, 30)}
+            process.send_signal(signal.SIGINT)
+            assert process.wait(timeout=60) is not None
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{api_port}/health", timeout=2)
+    with dg.DagsterInstance.from_config(str(project / ".dagster")) as instance:
+        done = instance.get_materialized_partitions(dg.AssetKey("did_backfill"))
+    assert done == {seen_live, discovered}
+
+
+def _wait_for_backfills(project: Path, dids: set[str], timeout: float) -> set[tuple[str, str, int]]:
+    """The complete backfills (did, collection, records), once every DID has one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with Store(project / "data" / "mirror.duckdb").reading() as con:
+            rows = con.execute(
+                "SELECT did, collection, records FROM backfills WHERE status = 'complete'"
+            ).fetchall()
+        if {row[0] for row in rows} >= dids or time.monotonic() > deadline:
+            return set(rows)
+        time.sleep(2)
 
 
 def _wait_for(url: str, timeout: float = 90.0) -> httpx.Response:
