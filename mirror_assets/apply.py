@@ -3,7 +3,8 @@
 1. DIDs that appear with a live record for the first time get an `accounts` row and a
    pending backfill per collection.
 2. Account events move each known DID to its newest lifecycle state (DESIGN section 4,
-   invariant 4); `deleted` purges the DID's rows for good, hiding statuses flag them.
+   invariant 4); `deleted` purges the DID's rows for good, hiding statuses flag them, and
+   an account active again gets the backfills its closed repository ended queued again.
 3. Identity events keep handles current.
 4. Commits, reduced to the winning version per URI, replace the stored version (row or
    tombstone) only if they are newer. "Newer" is a total order, the same in the batch and
@@ -98,6 +99,14 @@ WHERE did IN (SELECT did FROM account_changes WHERE status = 'deleted')
 
 _DROP_DELETED_BACKFILLS = """
 DELETE FROM backfills WHERE did IN (SELECT did FROM account_changes WHERE status = 'deleted')
+"""
+
+# A repository that was closed when its backfill ran has history to fetch once it is open.
+_REOPEN_BACKFILLS = """
+UPDATE backfills SET status = 'pending', pds_cursor = NULL, repo_rev = NULL, attempts = 0,
+    next_attempt_at = NULL, last_error = NULL, updated_at = now()
+WHERE did IN (SELECT did FROM account_changes WHERE status = 'active' AND old_status <> 'active')
+  AND status IN ('takendown', 'suspended', 'deactivated')
 """
 
 _SYNC_HIDDEN = """
@@ -285,6 +294,7 @@ def _apply_accounts(con: duckdb.DuckDBPyConnection, result: ApplyResult) -> None
     if result.accounts_changed:  # each of these scans the DID column of every record
         result.purged = _count(con.execute(_PURGE_DELETED).fetchall())
         con.execute(_DROP_DELETED_BACKFILLS).fetchall()
+        con.execute(_REOPEN_BACKFILLS).fetchall()
         result.hidden_changed = _count(con.execute(_SYNC_HIDDEN).fetchall())
     con.execute("DROP TABLE account_changes")
 

@@ -678,6 +678,32 @@ def test_closed_or_unknown_repositories_end_with_their_status(
     assert again.tasks == 0 and len(net.requests) == since
 
 
+def test_an_account_active_again_has_its_closed_backfill_queued_again(
+    net: AtprotoStandIn, db: Path
+) -> None:
+    d, other = plc("reactivated"), plc("stillclosed")
+    for account_did in (d, other):
+        net.add_account(account_did)
+        net.create_records(account_did, CARD, 3)
+        net.set_repo_status(account_did, "deactivated")
+    queue_backfills(db, (d, CARD), (other, CARD))
+    settings = settings_for(db, net)
+    run_backfill(settings, [d, other])
+    assert (status_of(db, d), status_of(db, other)) == ("deactivated", "deactivated")
+
+    net.set_repo_status(d, None)
+    now_t = (time.time_ns() // 1000 - BASE_US) / 1_000_000
+    apply_events(db, [account(d, active=False, status="deactivated", t=now_t)])
+    assert due(db) == []  # closing again changes nothing
+    apply_events(db, [account(d, active=True, t=now_t + 1)])
+
+    assert due(db) == [d]
+    run_backfill(settings, [d])
+    assert status_of(db, d) == "complete"
+    assert stored(db, d) == pds_rows(net, d, CARD, net.rev(d))
+    assert status_of(db, other) == "deactivated"
+
+
 # -- 7. faults -------------------------------------------------------------------------------
 
 
