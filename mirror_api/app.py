@@ -10,19 +10,27 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import msgspec
+import duckdb
 from litestar import Litestar, MediaType, Request, Response
 from litestar.datastructures import MutableScopeHeaders
+from litestar.di import Provide
 from litestar.exceptions import HTTPException, MethodNotAllowedException, NotFoundException
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.types import Message, Scope
 
+from mirror_api.backfills import BackfillController
+from mirror_api.cursor import CursorController
 from mirror_api.health import HealthController
+from mirror_api.params import CollectionNotTrackedError
+from mirror_api.reader import MirrorNotReadyError, MirrorReader
+from mirror_api.records import RecordsController
+from mirror_api.responses import ErrorBody
+from mirror_api.stats import StatsController
+from mirror_api.users import UsersController
+from mirror_assets.config import Settings
 
 log = logging.getLogger(__name__)
-
-
-class ErrorBody(msgspec.Struct, frozen=True):
-    error: str
 
 
 def _error(status: int, message: str) -> Response[ErrorBody]:
@@ -33,6 +41,10 @@ def _not_found(_: Request[Any, Any, Any], __: NotFoundException) -> Response[Err
     return _error(404, "Not found")
 
 
+def _not_tracked(_: Request[Any, Any, Any], __: CollectionNotTrackedError) -> Response[ErrorBody]:
+    return _error(404, "Collection not tracked")
+
+
 def _method_not_allowed(
     _: Request[Any, Any, Any], __: MethodNotAllowedException
 ) -> Response[ErrorBody]:
@@ -41,6 +53,10 @@ def _method_not_allowed(
 
 def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:
     return _error(exc.status_code, exc.detail)
+
+
+def _not_ready(_: Request[Any, Any, Any], __: Exception) -> Response[ErrorBody]:
+    return _error(503, "The mirror has no data yet: run `mirror init`, or wait for the first run")
 
 
 def _server_error(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
@@ -55,14 +71,37 @@ async def _allow_any_origin(message: Message, scope: Scope) -> None:
         headers["access-control-allow-origin"] = "*"
 
 
-def create_app() -> Litestar:
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or Settings.from_env()
+    reader = MirrorReader(settings.db_path)
     return Litestar(
-        route_handlers=[HealthController],
+        route_handlers=[
+            HealthController,
+            CursorController,
+            RecordsController,
+            UsersController,
+            StatsController,
+            BackfillController,
+        ],
+        dependencies={
+            "reader": Provide(lambda: reader, use_cache=True, sync_to_thread=False),
+            "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
+        },
         before_send=[_allow_any_origin],
+        on_shutdown=[reader.close],
         exception_handlers={
             NotFoundException: _not_found,
+            CollectionNotTrackedError: _not_tracked,
             MethodNotAllowedException: _method_not_allowed,
             HTTPException: _http_error,
+            MirrorNotReadyError: _not_ready,
+            duckdb.CatalogException: _not_ready,  # a file without the schema yet
             Exception: _server_error,
         },
+        openapi_config=OpenAPIConfig(
+            title="atproto-mirror",
+            version="1",
+            path="/schema",
+            render_plugins=[ScalarRenderPlugin()],
+        ),
     )

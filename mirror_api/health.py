@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import msgspec
 from litestar import Controller, get
 
-
-class Health(msgspec.Struct, frozen=True):
-    status: str
+from mirror_api.responses import Health
 
 
 class HealthController(Controller):

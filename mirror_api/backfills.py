@@ -1,0 +1,27 @@
+"""`GET /backfill/{collection}/{did}`: how one user's backfill of a collection stands."""
+
+from __future__ import annotations
+
+from litestar import Controller, get
+from litestar.exceptions import HTTPException
+
+from mirror_api.params import require_tracked
+from mirror_api.queries import backfill_state
+from mirror_api.reader import MirrorReader
+from mirror_api.responses import BackfillState
+from mirror_assets.config import Settings
+from mirror_assets.identity import is_valid_did
+
+
+class BackfillController(Controller):
+    path = "/backfill"
+
+    @get("/{collection:str}/{did:str}", sync_to_thread=True, summary="A user's backfill")
+    def backfill(
+        self, collection: str, did: str, reader: MirrorReader, settings: Settings
+    ) -> BackfillState:
+        require_tracked(collection, settings.collections)
+        if not is_valid_did(did):
+            raise HTTPException(status_code=400, detail="Invalid did parameter")
+        with reader.reading() as con:
+            return backfill_state(con, collection, did)

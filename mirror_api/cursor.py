@@ -1,0 +1,26 @@
+"""`GET /cursor`: where the live mirror stands in the Jetstream stream."""
+
+from __future__ import annotations
+
+import time
+
+from litestar import Controller, get
+
+from mirror_api.queries import cursor_us
+from mirror_api.reader import MirrorReader
+from mirror_api.responses import Cursor, NoCursor
+from mirror_assets.cursor_time import cursor_iso, cursor_lag_seconds
+
+
+class CursorController(Controller):
+    path = "/cursor"
+
+    @get("/", sync_to_thread=True, summary="The Jetstream cursor")
+    def cursor(self, reader: MirrorReader) -> Cursor | NoCursor:
+        """`{"cursor": null}` before the first ingest."""
+        with reader.reading() as con:
+            time_us = cursor_us(con)
+        if time_us is None:
+            return NoCursor()
+        lag = cursor_lag_seconds(time_us, time.time()) or 0.0
+        return Cursor(time_us, cursor_iso(time_us) or "", int(lag))

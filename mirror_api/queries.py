@@ -1,0 +1,98 @@
+"""The SQL behind each endpoint, on a cursor of the attached file (`mirror.<table>`).
+
+Pages are keyset pages: newest first by (time_us, uri) for records, most records first by
+(record_count, did) for users; the cursor holds the last row's position in full, so a walk
+returns each row exactly once however many rows share a `time_us` or a count.
+"""
+
+from __future__ import annotations
+
+import duckdb
+import msgspec
+
+from mirror_api.reader import SCHEMA
+from mirror_api.responses import BackfillState, Record, Stats, User
+
+# The contract's three states; the mirror's own statuses map onto them, and `state` keeps
+# the exact one. A failed backfill will be retried; one ended by its repository
+# (not_found, takendown, ...) is as complete as it can be.
+_CONTRACT_STATUS = {"pending": "in_progress", "in_progress": "in_progress", "failed": "in_progress"}
+_RECORD_JSON = msgspec.json.Decoder(dict)
+
+
+def records_page(
+    con: duckdb.DuckDBPyConnection,
+    collection: str,
+    limit: int,
+    after: tuple[int, str] | None,
+    did: str | None,
+) -> list[Record]:
+    """Up to `limit` live records of the collection (of `did`), after the cursor position."""
+    conditions = ["collection = $collection"]
+    params: dict[str, object] = {"collection": collection, "limit": limit}
+    if did is not None:
+        conditions.append("did = $did")
+        params["did"] = did
+    if after is not None:
+        conditions.append("(time_us < $time_us OR (time_us = $time_us AND uri < $uri))")
+        params["time_us"], params["uri"] = after
+    rows = con.execute(
+        f"""
+        SELECT uri, did, collection, rkey, cid, record, time_us FROM {SCHEMA}.records
+        WHERE {" AND ".join(conditions)}
+        ORDER BY time_us DESC, uri DESC LIMIT $limit
+        """,
+        params,
+    ).fetchall()
+    return [
+        Record(uri, did_, coll, rkey, cid, _RECORD_JSON.decode(record), time_us)
+        for uri, did_, coll, rkey, cid, record, time_us in rows
+    ]
+
+
+def users_page(
+    con: duckdb.DuckDBPyConnection, collection: str, limit: int, after: tuple[int, str] | None
+) -> list[User]:
+    """Up to `limit` users of the collection by record count, after the cursor position."""
+    having = ""
+    params: dict[str, object] = {"collection": collection, "limit": limit}
+    if after is not None:
+        having = "HAVING count(*) < $count OR (count(*) = $count AND did > $did)"
+        params["count"], params["did"] = after
+    rows = con.execute(
+        f"""
+        SELECT did, count(*) AS record_count FROM {SCHEMA}.records
+        WHERE collection = $collection GROUP BY did {having}
+        ORDER BY record_count DESC, did ASC LIMIT $limit
+        """,
+        params,
+    ).fetchall()
+    return [User(did, count) for did, count in rows]
+
+
+def stats(con: duckdb.DuckDBPyConnection, collection: str) -> Stats:
+    users, total, last = con.execute(
+        f"""
+        SELECT count(DISTINCT did), count(*), max(time_us) FROM {SCHEMA}.records
+        WHERE collection = ?
+        """,
+        [collection],
+    ).fetchall()[0]
+    return Stats(collection, users, total, last)
+
+
+def cursor_us(con: duckdb.DuckDBPyConnection) -> int | None:
+    rows = con.execute(f"SELECT cursor_us FROM {SCHEMA}.ingest_state").fetchall()
+    return int(rows[0][0]) if rows else None
+
+
+def backfill_state(con: duckdb.DuckDBPyConnection, collection: str, did: str) -> BackfillState:
+    rows = con.execute(
+        f"SELECT status FROM {SCHEMA}.backfills WHERE did = ? AND collection = ?",
+        [did, collection],
+    ).fetchall()
+    if not rows:
+        return BackfillState(did, collection, "unknown")
+    state = str(rows[0][0])
+    status = _CONTRACT_STATUS.get(state, "complete")
+    return BackfillState(did, collection, status, state)

@@ -1,0 +1,32 @@
+"""`GET /users/{collection}`: users by record count, most first, in stable keyset pages."""
+
+from __future__ import annotations
+
+from litestar import Controller, get
+
+from mirror_api.params import decode_cursor, encode_cursor, parse_limit, require_tracked
+from mirror_api.queries import users_page
+from mirror_api.reader import MirrorReader
+from mirror_api.responses import UsersPage
+from mirror_assets.config import Settings
+
+
+class UsersController(Controller):
+    path = "/users"
+
+    @get("/{collection:str}", sync_to_thread=True, summary="Users of a collection")
+    def users(
+        self,
+        collection: str,
+        reader: MirrorReader,
+        settings: Settings,
+        limit: str | None = None,
+        cursor: str | None = None,
+    ) -> UsersPage:
+        require_tracked(collection, settings.collections)
+        size, after = parse_limit(limit), decode_cursor(cursor)
+        with reader.reading() as con:
+            rows = users_page(con, collection, size + 1, after)
+        page, more = rows[:size], len(rows) > size
+        next_cursor = encode_cursor(page[-1].record_count, page[-1].did) if more else None
+        return UsersPage(page, next_cursor)
