@@ -19,11 +19,13 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.types import Message, Scope
 
+from mirror_api.backfill_trigger import BackfillTrigger
 from mirror_api.backfills import BackfillController
 from mirror_api.cursor import CursorController
+from mirror_api.dagster_client import DagsterClient
 from mirror_api.health import HealthController
 from mirror_api.params import CollectionNotTrackedError
-from mirror_api.reader import MirrorNotReadyError, MirrorReader
+from mirror_api.reader import MirrorReader
 from mirror_api.records import RecordsController
 from mirror_api.responses import ErrorBody
 from mirror_api.stats import StatsController
@@ -56,7 +58,7 @@ def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Error
 
 
 def _not_ready(_: Request[Any, Any, Any], __: Exception) -> Response[ErrorBody]:
-    return _error(503, "The mirror has no data yet: run `mirror init`, or wait for the first run")
+    return _error(503, "The mirror file has no schema yet: run `mirror init`")
 
 
 def _server_error(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
@@ -74,6 +76,8 @@ async def _allow_any_origin(message: Message, scope: Scope) -> None:
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
     reader = MirrorReader(settings.db_path)
+    dagster = DagsterClient(settings.dagster_graphql_url)
+    backfills = BackfillTrigger(reader, dagster, settings.backfill_wait_seconds)
     return Litestar(
         route_handlers=[
             HealthController,
@@ -86,6 +90,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         dependencies={
             "reader": Provide(lambda: reader, use_cache=True, sync_to_thread=False),
             "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
+            "backfills": Provide(lambda: backfills, use_cache=True, sync_to_thread=False),
         },
         before_send=[_allow_any_origin],
         on_shutdown=[reader.close],
@@ -94,7 +99,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
             CollectionNotTrackedError: _not_tracked,
             MethodNotAllowedException: _method_not_allowed,
             HTTPException: _http_error,
-            MirrorNotReadyError: _not_ready,
             duckdb.CatalogException: _not_ready,  # a file without the schema yet
             Exception: _server_error,
         },

@@ -96,3 +96,13 @@ def backfill_state(con: duckdb.DuckDBPyConnection, collection: str, did: str) ->
     state = str(rows[0][0])
     status = _CONTRACT_STATUS.get(state, "complete")
     return BackfillState(did, collection, status, state)
+
+
+def did_of_handle(con: duckdb.DuckDBPyConnection, handle: str) -> str | None:
+    """The DID whose current handle this is, if the mirror knows it."""
+    rows = con.execute(
+        f"SELECT did FROM {SCHEMA}.accounts WHERE lower(handle) = ? AND status <> 'deleted' "
+        "ORDER BY identity_time DESC NULLS LAST LIMIT 1",
+        [handle],
+    ).fetchall()
+    return str(rows[0][0]) if rows else None

@@ -19,12 +19,9 @@ from pathlib import Path
 import duckdb
 
 from mirror_assets.lock import read_lock
+from mirror_assets.schema import migrate
 
 SCHEMA = "mirror"  # the name the file is attached under
-
-
-class MirrorNotReadyError(RuntimeError):
-    """There is no mirror file yet (no ingest or `mirror init` has run)."""
 
 
 class MirrorReader:
@@ -37,9 +34,10 @@ class MirrorReader:
 
     @contextmanager
     def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A cursor on the attached file, for one request; tables are `mirror.<name>`."""
-        if not self.db_path.exists():
-            raise MirrorNotReadyError(f"{self.db_path} does not exist yet")
+        """A cursor on the attached file, for one request; tables are `mirror.<name>`.
+
+        Before the file exists (no run yet), an empty in-memory mirror answers instead.
+        """
         with read_lock(self.db_path, self.lock_timeout):
             self._enter()
             try:
@@ -69,6 +67,12 @@ class MirrorReader:
     def _attach(self) -> None:
         """Attach the file; wait out a process outside the lock protocol that holds it
         read-write (an analyst's shell), up to the lock timeout."""
+        if not self.db_path.exists():
+            self._instance.execute(f"ATTACH ':memory:' AS {SCHEMA}")
+            self._instance.execute(f"USE {SCHEMA}")
+            migrate(self._instance)
+            self._instance.execute("USE memory")
+            return
         deadline = time.monotonic() + self.lock_timeout
         delay = 0.01
         path = str(self.db_path).replace("'", "''")

@@ -2,38 +2,70 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
+
 from litestar import Controller, get
 from litestar.exceptions import HTTPException
 
+from mirror_api.backfill_trigger import BackfillTrigger
 from mirror_api.params import decode_cursor, encode_cursor, parse_limit, require_tracked
-from mirror_api.queries import backfill_state, records_page
+from mirror_api.queries import did_of_handle, records_page
 from mirror_api.reader import MirrorReader
-from mirror_api.responses import RecordsPage
+from mirror_api.responses import BackfillState, Record, RecordsPage
 from mirror_assets.config import Settings
 from mirror_assets.identity import is_valid_did
+
+_HANDLE = re.compile(r"(?=.{1,253}$)([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)+[a-zA-Z]+")
 
 
 class RecordsController(Controller):
     path = "/records"
 
-    @get("/{collection:str}", sync_to_thread=True, summary="Records of a collection")
-    def records(
+    @get("/{collection:str}", summary="Records of a collection")
+    async def records(
         self,
         collection: str,
         reader: MirrorReader,
         settings: Settings,
+        backfills: BackfillTrigger,
         limit: str | None = None,
         cursor: str | None = None,
         did: str | None = None,
     ) -> RecordsPage:
-        """Newest first; `?did=` keeps one user's records and says how their backfill stands."""
+        """Newest first. `?did=` (or a handle the mirror knows) keeps one user's records; if
+        their backfill is not complete, it is asked for and waited for, up to a bound, and
+        the answer says how it stands."""
         require_tracked(collection, settings.collections)
         size, after = parse_limit(limit), decode_cursor(cursor)
-        if did is not None and not is_valid_did(did):
-            raise HTTPException(status_code=400, detail="Invalid did parameter")
-        with reader.reading() as con:
-            rows = records_page(con, collection, size + 1, after, did)
-            backfill = None if did is None else backfill_state(con, collection, did)
+        state: BackfillState | None = None
+        if did is not None:
+            did = await asyncio.to_thread(_resolve_did, reader, did)
+            state = await backfills.ensure(did, collection)
+        rows = await asyncio.to_thread(_read_page, reader, collection, size + 1, after, did)
         page, more = rows[:size], len(rows) > size
         next_cursor = encode_cursor(page[-1].time_us, page[-1].uri) if more else None
-        return RecordsPage(page, next_cursor, backfill)
+        return RecordsPage(page, next_cursor, state)
+
+
+def _read_page(
+    reader: MirrorReader,
+    collection: str,
+    limit: int,
+    after: tuple[int, str] | None,
+    did: str | None,
+) -> list[Record]:
+    with reader.reading() as con:
+        return records_page(con, collection, limit, after, did)
+
+
+def _resolve_did(reader: MirrorReader, did_or_handle: str) -> str:
+    """A DID as given, or the DID of a handle the mirror knows; else a 400."""
+    if is_valid_did(did_or_handle):
+        return did_or_handle
+    if _HANDLE.fullmatch(did_or_handle):
+        with reader.reading() as con:
+            did = did_of_handle(con, did_or_handle.lower())
+        if did is not None:
+            return did
+    raise HTTPException(status_code=400, detail="Invalid did parameter")

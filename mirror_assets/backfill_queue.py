@@ -107,8 +107,9 @@ def claim(
 ) -> list[Task]:
     """Mark the DIDs' due backfills `in_progress` and return them as tasks.
 
-    `restart` names (did, collection) pairs to list anew whatever their state (an
-    operator's request); the rest resume where their last pass stopped. Backfills of
+    `restart` names (did, collection) pairs asked for now (`mirror backfill`, the API's
+    `?did=`): queued if unknown, listed anew if complete, ended or failed; a pass in
+    progress goes on. The rest resume where their last pass stopped. Backfills of
     collections no longer tracked are dropped: the stream would not keep them current.
     """
     if restart:
@@ -154,6 +155,7 @@ def _restart(con: duckdb.DuckDBPyConnection, pairs: Sequence[tuple[str, str]]) -
         UPDATE backfills SET status = 'pending', pds_cursor = NULL, repo_rev = NULL,
             next_attempt_at = NULL, updated_at = now()
         FROM restarted r WHERE backfills.did = r.did AND backfills.collection = r.collection
+          AND backfills.status NOT IN ('pending', 'in_progress')
         """
     ).fetchall()
     con.unregister("restarted")

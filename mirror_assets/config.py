@@ -114,8 +114,15 @@ class Settings:
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     dagster_port: int = 3000
+    dagster_url: str = ""  # where the API asks for backfills; "" is the local `mirror run`
+    backfill_wait_seconds: float = 10.0  # how long `?did=` waits for a backfill it asked for
     ingest: IngestLimits = field(default_factory=IngestLimits)
     backfill: BackfillLimits = field(default_factory=BackfillLimits)
+
+    @property
+    def dagster_graphql_url(self) -> str:
+        base = self.dagster_url or f"http://127.0.0.1:{self.dagster_port}"
+        return f"{base.rstrip('/')}/graphql"
 
     @classmethod
     def from_env(cls, env_file: Path | None = Path(".env")) -> Settings:
@@ -127,7 +134,7 @@ class Settings:
         for url in urls:
             if not url.startswith(("ws://", "wss://")):
                 raise ConfigError(f"JETSTREAM_URLS entry {url!r} must start with ws:// or wss://")
-        for name in ("PLC_URL", "RELAY_URL"):
+        for name in ("PLC_URL", "RELAY_URL", "DAGSTER_URL"):
             if not (get(name) or "https://").startswith(("http://", "https://")):
                 raise ConfigError(f"{name}={get(name)!r} must start with http:// or https://")
         return cls(
@@ -140,6 +147,8 @@ class Settings:
             api_host=get("API_HOST", "") or cls.api_host,
             api_port=int(_number("API_PORT", cls.api_port)),
             dagster_port=int(_number("DAGSTER_PORT", cls.dagster_port)),
+            dagster_url=get("DAGSTER_URL", "") or cls.dagster_url,
+            backfill_wait_seconds=_number("API_BACKFILL_WAIT_SECONDS", cls.backfill_wait_seconds),
             ingest=IngestLimits.from_env(),
             backfill=BackfillLimits.from_env(),
         )

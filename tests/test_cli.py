@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import dagster as dg
@@ -124,6 +125,7 @@ def test_reset_asks_first_and_then_empties_the_mirror(project: Path) -> None:
 
 
 ALICE = did("a" * 24)
+OTHER = "app.other.thing"
 
 
 def test_backfill_lists_a_did_through_dagster_and_status_shows_it(project: Path) -> None:
@@ -226,14 +228,18 @@ def test_run_serves_and_backfills_without_any_manual_step_and_ctrl_c_stops(
     project: Path,
 ) -> None:
     """`mirror run` against stand-ins: the API and the UI answer; discovery finds a user the
-    stream never showed, ingest sees another, and the sensors backfill both from their PDS."""
+    stream never showed, ingest sees another, and the sensors backfill both from their PDS;
+    then `?did=` on the API has Dagster backfill a third user nothing else would find (a
+    wildcard collection is not discoverable), once for many concurrent callers."""
     api_port, dagster_port = _free_port(), _free_port()
-    seen_live, discovered = did("l" * 24), did("d" * 24)
+    seen_live, discovered, asked = did("l" * 24), did("d" * 24), did("q" * 24)
     with AtprotoStandIn() as net, JetstreamServer() as stream:
         net.add_account(seen_live)
         net.create_records(seen_live, CARD, 250)
         net.add_account(discovered)
         net.create_records(discovered, PAGE, 30)
+        net.add_account(asked)
+        net.create_records(asked, OTHER, 120)
         [rkey] = net.create_records(seen_live, CARD, 1, start_us=at(100))
         live = create(seen_live, rkey, rev=1, t=0)
         live["time_us"] = time.time_ns() // 1000 - 10_000_000  # ten seconds ago
@@ -248,6 +254,7 @@ def test_run_serves_and_backfills_without_any_manual_step_and_ctrl_c_stops(
             "PLC_URL": net.url,
             "RELAY_URL": net.url,
             "MIRROR_ALLOW_PRIVATE_NETWORK": "1",
+            "COLLECTIONS": f"{CARD},{PAGE},app.other.*",
         }
         process = subprocess.Popen(
             [MIRROR, "run"], cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
@@ -260,6 +267,19 @@ def test_run_serves_and_backfills_without_any_manual_step_and_ctrl_c_stops(
             assert (project / ".dagster" / "dagster.yaml").is_file()
             backfills = _wait_for_backfills(project, {seen_live, discovered}, timeout=150)
             assert backfills == {(seen_live, CARD, 251), (discovered, PAGE, 30)}
+
+            url = f"http://127.0.0.1:{api_port}/records/{OTHER}"
+            with ThreadPoolExecutor(5) as pool:
+                answers = list(pool.map(lambda _: _get_all(url, asked), range(5)))
+            for status, records, backfill in answers:
+                assert status == 200
+                assert backfill == {
+                    "did": asked,
+                    "collection": OTHER,
+                    "status": "complete",
+                    "state": "complete",
+                }
+                assert records == 120
             process.send_signal(signal.SIGINT)
             assert process.wait(timeout=60) is not None
         finally:
@@ -270,7 +290,21 @@ def test_run_serves_and_backfills_without_any_manual_step_and_ctrl_c_stops(
         httpx.get(f"http://127.0.0.1:{api_port}/health", timeout=2)
     with dg.DagsterInstance.from_config(str(project / ".dagster")) as instance:
         done = instance.get_materialized_partitions(dg.AssetKey("did_backfill"))
-    assert done == {seen_live, discovered}
+        asked_runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/partition": asked}))
+    assert done == {seen_live, discovered, asked}
+    assert len(asked_runs) == 1  # five callers, one backfill
+
+
+def _get_all(url: str, did_: str) -> tuple[int, int, dict[str, str]]:
+    """One `?did=` request (which waits for the backfill), then every page after it: the
+    status, how many records, and the backfill field."""
+    first = httpx.get(url, params={"did": did_, "limit": 100}, timeout=60)
+    body = first.json()
+    records, cursor = len(body["records"]), body.get("cursor")
+    while cursor:
+        page = httpx.get(url, params={"did": did_, "limit": 100, "cursor": cursor}).json()
+        records, cursor = records + len(page["records"]), page.get("cursor")
+    return first.status_code, records, body.get("backfill", {})
 
 
 def _wait_for_backfills(project: Path, dids: set[str], timeout: float) -> set[tuple[str, str, int]]:
