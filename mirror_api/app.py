@@ -31,6 +31,7 @@ from mirror_api.responses import ErrorBody
 from mirror_api.stats import StatsController
 from mirror_api.users import UsersController
 from mirror_assets.config import Settings
+from mirror_assets.lock import LockTimeoutError
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,25 @@ def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Error
 
 def _not_ready(_: Request[Any, Any, Any], __: Exception) -> Response[ErrorBody]:
     return _error(503, "The mirror file has no schema yet: run `mirror init`")
+
+
+def _file_busy(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    """A writer held the file past the reader's timeout (DESIGN section 5: never the
+    normal case), or a process outside the lock protocol holds it."""
+    if isinstance(exc, duckdb.IOException) and "lock" not in str(exc).lower():
+        return _server_error(request, exc)
+    log.warning("the mirror file stayed locked: %s", exc)
+    response = _error(503, "The mirror file is busy; try again shortly")
+    response.headers["retry-after"] = "1"
+    return response
+
+
+async def _json_not_found(response: Response[Any]) -> Response[Any]:
+    """`after_request` hook: the OpenAPI router answers unknown `/schema/...` paths itself,
+    with an HTML page; the contract wants its JSON 404 there too."""
+    if response.status_code == 404 and response.media_type != MediaType.JSON:
+        return _error(404, "Not found")
+    return response
 
 
 def _server_error(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
@@ -93,6 +113,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "backfills": Provide(lambda: backfills, use_cache=True, sync_to_thread=False),
         },
         before_send=[_allow_any_origin],
+        after_request=_json_not_found,
         on_shutdown=[reader.close],
         exception_handlers={
             NotFoundException: _not_found,
@@ -100,6 +121,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             MethodNotAllowedException: _method_not_allowed,
             HTTPException: _http_error,
             duckdb.CatalogException: _not_ready,  # a file without the schema yet
+            LockTimeoutError: _file_busy,
+            duckdb.IOException: _file_busy,
             Exception: _server_error,
         },
         openapi_config=OpenAPIConfig(

@@ -41,10 +41,14 @@ class BackfillTrigger:
         if state.state != "in_progress":  # a run has claimed it already: only wait
             await self._ask(did, collection)
         deadline = time.monotonic() + self._wait_seconds
-        while state.status != "complete" and time.monotonic() < deadline:
-            await asyncio.sleep(POLL_SECONDS)
+        while state.status != "complete" and (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(POLL_SECONDS, left))
             state = await self._state(did, collection)
         return state
+
+    async def status(self, did: str, collection: str) -> BackfillState:
+        """The backfill's status now, without asking or waiting (later pages of a walk)."""
+        return await self._state(did, collection)
 
     async def _state(self, did: str, collection: str) -> BackfillState:
         def read() -> BackfillState:

@@ -34,17 +34,20 @@ class RecordsController(Controller):
         did: str | None = None,
     ) -> RecordsPage:
         """Newest first. `?did=` (or a handle the mirror knows) keeps one user's records; if
-        their backfill is not complete, it is asked for and waited for, up to a bound, and
-        the answer says how it stands."""
+        their backfill is not complete, the first page asks for it and waits for it, up to a
+        bound, and every page says how it stands."""
         require_tracked(collection, settings.collections)
-        size, after = parse_limit(limit), decode_cursor(cursor)
+        size, after = parse_limit(limit), decode_cursor(cursor, "records")
         state: BackfillState | None = None
         if did is not None:
             did = await asyncio.to_thread(_resolve_did, reader, did)
-            state = await backfills.ensure(did, collection)
+            # The first page asks for the backfill and waits; the pages after it only say
+            # how it stands, so a walk waits once.
+            check = backfills.status if after is not None else backfills.ensure
+            state = await check(did, collection)
         rows = await asyncio.to_thread(_read_page, reader, collection, size + 1, after, did)
         page, more = rows[:size], len(rows) > size
-        next_cursor = encode_cursor(page[-1].time_us, page[-1].uri) if more else None
+        next_cursor = encode_cursor("records", page[-1].time_us, page[-1].uri) if more else None
         return RecordsPage(page, next_cursor, state)
 
 
