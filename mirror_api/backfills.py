@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from litestar import Controller, get
+from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException
+from litestar.params import FromPath
 
 from mirror_api.params import require_tracked
 from mirror_api.queries import backfill_state
@@ -18,7 +20,11 @@ class BackfillController(Controller):
 
     @get("/{collection:str}/{did:str}", sync_to_thread=True, summary="A user's backfill")
     def backfill(
-        self, collection: str, did: str, reader: MirrorReader, settings: Settings
+        self,
+        collection: FromPath[str],
+        did: FromPath[str],
+        reader: NamedDependency[MirrorReader],
+        settings: NamedDependency[Settings],
     ) -> BackfillState:
         require_tracked(collection, settings.collections)
         if not is_valid_did(did):

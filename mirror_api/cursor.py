@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from litestar import Controller, get
+from litestar.di import NamedDependency
 
 from mirror_api.queries import cursor_us
 from mirror_api.reader import MirrorReader
@@ -16,7 +17,7 @@ class CursorController(Controller):
     path = "/cursor"
 
     @get("/", sync_to_thread=True, summary="The Jetstream cursor")
-    def cursor(self, reader: MirrorReader) -> Cursor | NoCursor:
+    def cursor(self, reader: NamedDependency[MirrorReader]) -> Cursor | NoCursor:
         """`{"cursor": null}` before the first ingest."""
         with reader.reading() as con:
             time_us = cursor_us(con)

@@ -6,7 +6,9 @@ import asyncio
 import re
 
 from litestar import Controller, get
+from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException
+from litestar.params import FromPath, FromQuery
 
 from mirror_api.backfill_trigger import BackfillTrigger
 from mirror_api.params import decode_cursor, encode_cursor, parse_limit, require_tracked
@@ -25,13 +27,13 @@ class RecordsController(Controller):
     @get("/{collection:str}", summary="Records of a collection")
     async def records(
         self,
-        collection: str,
-        reader: MirrorReader,
-        settings: Settings,
-        backfills: BackfillTrigger,
-        limit: str | None = None,
-        cursor: str | None = None,
-        did: str | None = None,
+        collection: FromPath[str],
+        reader: NamedDependency[MirrorReader],
+        settings: NamedDependency[Settings],
+        backfills: NamedDependency[BackfillTrigger],
+        limit: FromQuery[str | None] = None,
+        cursor: FromQuery[str | None] = None,
+        did: FromQuery[str | None] = None,
     ) -> RecordsPage:
         """Newest first. `?did=` (or a handle the mirror knows) keeps one user's records; if
         their backfill is not complete, the first page asks for it and waits for it, up to a

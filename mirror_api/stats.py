@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from litestar import Controller, get
+from litestar.di import NamedDependency
+from litestar.params import FromPath
 
 from mirror_api.params import require_tracked
 from mirror_api.queries import stats
@@ -15,7 +17,12 @@ class StatsController(Controller):
     path = "/stats"
 
     @get("/{collection:str}", sync_to_thread=True, summary="Counts of a collection")
-    def stats(self, collection: str, reader: MirrorReader, settings: Settings) -> Stats:
+    def stats(
+        self,
+        collection: FromPath[str],
+        reader: NamedDependency[MirrorReader],
+        settings: NamedDependency[Settings],
+    ) -> Stats:
         require_tracked(collection, settings.collections)
         with reader.reading() as con:
             return stats(con, collection)

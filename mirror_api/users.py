@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from litestar import Controller, get
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery
 
 from mirror_api.params import decode_cursor, encode_cursor, parse_limit, require_tracked
 from mirror_api.queries import users_page
@@ -17,11 +19,11 @@ class UsersController(Controller):
     @get("/{collection:str}", sync_to_thread=True, summary="Users of a collection")
     def users(
         self,
-        collection: str,
-        reader: MirrorReader,
-        settings: Settings,
-        limit: str | None = None,
-        cursor: str | None = None,
+        collection: FromPath[str],
+        reader: NamedDependency[MirrorReader],
+        settings: NamedDependency[Settings],
+        limit: FromQuery[str | None] = None,
+        cursor: FromQuery[str | None] = None,
     ) -> UsersPage:
         require_tracked(collection, settings.collections)
         size, after = parse_limit(limit), decode_cursor(cursor, "users")
