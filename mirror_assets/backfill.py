@@ -23,7 +23,6 @@ import pyarrow as pa
 from mirror_assets.apply import ApplyResult
 from mirror_assets.backfill_queue import (
     DONE,
-    CachedIdentity,
     Ended,
     ListingDone,
     PageRead,
@@ -31,7 +30,7 @@ from mirror_assets.backfill_queue import (
     ProgressResult,
     Resolved,
     Task,
-    cached_identities,
+    cached_pdses,
     claim,
     write_progress,
 )
@@ -160,10 +159,10 @@ def _claim(
     collections: CollectionFilter,
     restart: Sequence[tuple[str, str]],
     ttl: float,
-) -> tuple[list[Task], dict[str, CachedIdentity]]:
+) -> tuple[list[Task], dict[str, str]]:
     with store.writing() as tx:
         tasks = claim(tx.con, dids, collections, restart)
-        return tasks, cached_identities(tx.con, [task.did for task in tasks], ttl)
+        return tasks, cached_pdses(tx.con, [task.did for task in tasks], ttl)
 
 
 def _done_dids(store: Store, dids: Sequence[str]) -> list[str]:
@@ -194,29 +193,31 @@ class _Runner:
         self._report = report
         self._deadline = deadline
 
-    async def backfill_did(
-        self, did: str, tasks: list[Task], cached: CachedIdentity | None
-    ) -> None:
+    async def backfill_did(self, did: str, tasks: list[Task], cached_pds: str | None) -> None:
         try:
-            pds, rev = await self._locate(did, cached)
+            pds, rev = await self._locate(did, cached_pds)
         except WriteFailedError:
             raise
         except Exception as error:  # whatever the DID's documents hold, only this DID fails
             await self._end(tasks, _ended_status(error), error)
             return
         for task in tasks:
-            await self._backfill_listing(pds, task, task.repo_rev if task.cursor else rev)
+            # A resumed pass keeps the rev it began with: its pages already carry it.
+            if task.cursor is not None and task.repo_rev is not None:
+                await self._backfill_listing(pds, task, task.cursor, task.repo_rev)
+            else:
+                await self._backfill_listing(pds, task, None, rev)
 
-    async def _locate(self, did: str, cached: CachedIdentity | None) -> tuple[str, str]:
+    async def _locate(self, did: str, cached_pds: str | None) -> tuple[str, str]:
         """The DID's PDS, and its repo's rev now (asked every run: it is also how a closed
         repo says so). A cached PDS that refuses is checked against a fresh resolution:
         the account may have moved."""
-        if cached is not None:
+        if cached_pds is not None:
             try:
-                return cached.pds, await latest_rev(self._client, cached.pds, did)
+                return cached_pds, await latest_rev(self._client, cached_pds, did)
             except (XrpcError, UnavailableError) as error:
                 pds = await self._resolve(did)
-                if pds == cached.pds:
+                if pds == cached_pds:
                     raise error
         else:
             pds = await self._resolve(did)
@@ -227,10 +228,8 @@ class _Runner:
         await self._writer.put(Resolved(did, identity.pds, identity.handle))
         return identity.pds
 
-    async def _backfill_listing(self, pds: str, task: Task, rev: str | None) -> None:
-        did, collection, cursor = task.did, task.collection, task.cursor
-        if rev is None:  # a saved cursor without its rev: start the pass over
-            rev, cursor = await latest_rev(self._client, pds, did), None
+    async def _backfill_listing(self, pds: str, task: Task, cursor: str | None, rev: str) -> None:
+        did, collection = task.did, task.collection
         report = self._report
         try:
             while True:

@@ -5,7 +5,8 @@ A row is `pending` (queued by a live commit, discovery, a request or a cursor ga
 with every page), `complete`, `failed` (retried after a delay that doubles per failure), or
 ended by the repository itself: `not_found`, `takendown`, `suspended`, `deactivated`, or
 `tombstoned` (the DID was deleted from its directory). Ended backfills are not retried until
-something restarts them (a cursor gap, an operator's `mirror backfill`).
+something restarts them: a cursor gap, the account active again, `mirror backfill` or the
+API's `?did=`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 
 import duckdb
 import pyarrow as pa
@@ -43,12 +43,6 @@ class Task:
     collection: str
     cursor: str | None
     repo_rev: str | None
-
-
-@dataclass(frozen=True)
-class CachedIdentity:
-    pds: str
-    resolved_at: datetime
 
 
 def due_dids(con: duckdb.DuckDBPyConnection) -> list[str]:
@@ -84,7 +78,12 @@ def queue(con: duckdb.DuckDBPyConnection, pairs: Sequence[tuple[str, str]]) -> i
     register_dids(con, list(dids))
     con.register(
         "wanted",
-        pa.table({"did": pa.array(dids, pa.string()), "collection": pa.array(collections)}),
+        pa.table(
+            {
+                "did": pa.array(dids, pa.string()),
+                "collection": pa.array(collections, pa.string()),
+            }
+        ),
     )
     rows = con.execute(
         """
@@ -161,21 +160,21 @@ def _restart(con: duckdb.DuckDBPyConnection, pairs: Sequence[tuple[str, str]]) -
     con.unregister("restarted")
 
 
-def cached_identities(
+def cached_pdses(
     con: duckdb.DuckDBPyConnection, dids: Sequence[str], ttl_seconds: float
-) -> dict[str, CachedIdentity]:
+) -> dict[str, str]:
     """The PDS of each DID resolved less than `ttl_seconds` ago."""
     con.register("asked", pa.table({"did": pa.array(dids, pa.string())}))
     rows = con.execute(
         """
-        SELECT did, pds, pds_resolved_at FROM accounts
+        SELECT did, pds FROM accounts
         WHERE did IN (SELECT did FROM asked) AND pds IS NOT NULL
           AND pds_resolved_at > now() - to_seconds($ttl)
         """,
         {"ttl": ttl_seconds},
     ).fetchall()
     con.unregister("asked")
-    return {did: CachedIdentity(pds, resolved_at) for did, pds, resolved_at in rows}
+    return dict(rows)
 
 
 # --- what runs report back, written in one transaction per group --------------------------
