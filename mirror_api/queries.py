@@ -27,20 +27,37 @@ def records_page(
     after: tuple[int, str] | None,
     did: str | None,
 ) -> list[Record]:
-    """Up to `limit` live records of the collection (of `did`), after the cursor position."""
+    """Up to `limit` live records of the collection (of `did`), after the cursor position.
+
+    Two steps, because a top-N that carries every column decompresses each vector holding
+    a winner: first the time of the `limit`-th newest record (one narrow column), then the
+    records at or after that time, which the scan filters before reading the wide columns.
+    Measured at 1,000,000 records: 10 to 35 ms in one step, 3 to 16 ms in two.
+    """
     conditions = ["collection = $collection"]
-    params: dict[str, object] = {"collection": collection, "limit": limit}
+    params: dict[str, object] = {"collection": collection}
     if did is not None:
         conditions.append("did = $did")
         params["did"] = did
+    narrow = list(conditions)
     if after is not None:
-        conditions.append("(time_us < $time_us OR (time_us = $time_us AND uri < $uri))")
+        narrow.append("time_us < $time_us")
         params["time_us"], params["uri"] = after
+    times = con.execute(
+        f"SELECT time_us FROM {SCHEMA}.records WHERE {' AND '.join(narrow)} "
+        f"ORDER BY time_us DESC LIMIT {int(limit)}",
+        {k: v for k, v in params.items() if k != "uri"},
+    ).fetchall()
+    # With fewer than `limit` older records, every one of them is in the page.
+    conditions.append("time_us >= $floor")
+    params["floor"] = times[-1][0] if len(times) == limit else -(2**63)
+    if after is not None:
+        conditions.append("time_us <= $time_us AND (time_us < $time_us OR uri < $uri)")
     rows = con.execute(
         f"""
         SELECT uri, did, collection, rkey, cid, record, time_us FROM {SCHEMA}.records
         WHERE {" AND ".join(conditions)}
-        ORDER BY time_us DESC, uri DESC LIMIT $limit
+        ORDER BY time_us DESC, uri DESC LIMIT {int(limit)}
         """,
         params,
     ).fetchall()
