@@ -71,31 +71,49 @@ def users_page(
     con: duckdb.DuckDBPyConnection, collection: str, limit: int, after: tuple[int, str] | None
 ) -> list[User]:
     """Up to `limit` users of the collection by record count, after the cursor position."""
-    having = ""
-    params: dict[str, object] = {"collection": collection, "limit": limit}
+    if _summaries_built(con):
+        counts = f"SELECT did, record_count FROM {SCHEMA}.user_counts WHERE collection = $c"
+    else:
+        counts = (
+            f"SELECT did, count(*) AS record_count FROM {SCHEMA}.records "
+            "WHERE collection = $c GROUP BY did"
+        )
+    where = ""
+    params: dict[str, object] = {"c": collection}
     if after is not None:
-        having = "HAVING count(*) < $count OR (count(*) = $count AND did > $did)"
+        where = "WHERE record_count < $count OR (record_count = $count AND did > $did)"
         params["count"], params["did"] = after
     rows = con.execute(
-        f"""
-        SELECT did, count(*) AS record_count FROM {SCHEMA}.records
-        WHERE collection = $collection GROUP BY did {having}
-        ORDER BY record_count DESC, did ASC LIMIT $limit
-        """,
+        f"SELECT did, record_count FROM ({counts}) {where} "
+        f"ORDER BY record_count DESC, did ASC LIMIT {int(limit)}",
         params,
     ).fetchall()
     return [User(did, count) for did, count in rows]
 
 
 def stats(con: duckdb.DuckDBPyConnection, collection: str) -> Stats:
-    users, total, last = con.execute(
-        f"""
-        SELECT count(DISTINCT did), count(*), max(time_us) FROM {SCHEMA}.records
-        WHERE collection = ?
-        """,
-        [collection],
-    ).fetchall()[0]
+    if _summaries_built(con):
+        rows = con.execute(
+            f"SELECT unique_users, total_records, last_record_time_us "
+            f"FROM {SCHEMA}.collection_stats WHERE collection = ?",
+            [collection],
+        ).fetchall()
+        users, total, last = rows[0] if rows else (0, 0, None)
+    else:
+        users, total, last = con.execute(
+            f"SELECT count(DISTINCT did), count(*), max(time_us) FROM {SCHEMA}.records "
+            "WHERE collection = ?",
+            [collection],
+        ).fetchall()[0]
     return Stats(collection, users, total, last)
+
+
+def _summaries_built(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether Dagster has built the summaries (summaries.py); until then, count live."""
+    rows = con.execute(
+        f"SELECT count(*) FROM {SCHEMA}.meta WHERE key = 'summaries_refreshed_at'"
+    ).fetchall()
+    return bool(rows[0][0])
 
 
 def cursor_us(con: duckdb.DuckDBPyConnection) -> int | None:

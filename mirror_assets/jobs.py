@@ -6,6 +6,7 @@ import dagster as dg
 from mirror_assets.backfill_asset import did_backfill
 from mirror_assets.discovery_asset import discovered_repos
 from mirror_assets.records_asset import records
+from mirror_assets.summaries_asset import collection_summaries
 
 WRITER_TAG = "mirror/writer"
 INGEST_JOB = "ingest"
@@ -21,8 +22,8 @@ IN_FLIGHT = [
 
 ingest_job = dg.define_asset_job(
     INGEST_JOB,
-    selection=[records],
-    description="One Jetstream ingest cycle into the `records` asset.",
+    selection=[records, collection_summaries],
+    description="One Jetstream ingest cycle into `records`, then the summaries behind the API.",
     tags={WRITER_TAG: INGEST_JOB},
     # One step: a subprocess per step would add a second interpreter start to every minute.
     executor_def=dg.in_process_executor,

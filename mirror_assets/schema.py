@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import duckdb
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Each entry upgrades the schema by one version; entry i takes version i to version i + 1.
 MIGRATIONS: tuple[str, ...] = (
@@ -103,6 +103,22 @@ MIGRATIONS: tuple[str, ...] = (
         updated_at TIMESTAMPTZ NOT NULL
     );
     """,
+    # Version 3: per-collection summaries behind /users and /stats, rebuilt by Dagster
+    # (summaries.py), because counting 10,000,000 records per request is too slow.
+    """
+    CREATE TABLE user_counts (
+        collection VARCHAR NOT NULL,
+        did VARCHAR NOT NULL,
+        record_count BIGINT NOT NULL
+    );
+
+    CREATE TABLE collection_stats (
+        collection VARCHAR PRIMARY KEY,
+        unique_users BIGINT NOT NULL,
+        total_records BIGINT NOT NULL,
+        last_record_time_us BIGINT
+    );
+    """,
 )
 
 TABLES = (
@@ -112,6 +128,8 @@ TABLES = (
     "ingest_state",
     "ingest_gaps",
     "discovery_state",
+    "user_counts",
+    "collection_stats",
     "meta",
 )
 VIEWS = ("records", "tombstones")

@@ -22,10 +22,14 @@ def test_definitions_load_with_the_lineage_the_data_follows() -> None:
         "records",
         "discovered_repos",
         "did_backfill",
+        "user_counts",
+        "collection_stats",
     }
     assert _parents("records") == {"jetstream"}
     assert _parents("discovered_repos") == {"relay"}
     assert _parents("did_backfill") == {"pds", "records", "discovered_repos"}
+    for summary in ("user_counts", "collection_stats"):
+        assert _parents(summary) == {"records", "did_backfill"}
     backfill = graph.get(dg.AssetKey("did_backfill"))
     assert isinstance(backfill.partitions_def, dg.DynamicPartitionsDefinition)
     assert backfill.partitions_def.name == "dids"
@@ -37,6 +41,13 @@ def test_ingest_schedule_runs_every_minute_from_the_start() -> None:
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
     assert schedule.job_name == "ingest"
     assert defs.resolve_job_def("ingest").tags["mirror/writer"] == "ingest"
+    # Each ingest cycle rebuilds the summaries behind /users and /stats after `records`.
+    ingest_assets = defs.resolve_job_def("ingest").asset_layer.executable_asset_keys
+    assert {key.to_user_string() for key in ingest_assets} == {
+        "records",
+        "user_counts",
+        "collection_stats",
+    }
 
 
 def test_backfill_and_discovery_run_by_themselves() -> None:

@@ -1,0 +1,125 @@
+"""The summaries behind /users and /stats: rebuilt by the ingest job, equal to counting the
+`records` view, and read by the API once they exist."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+from litestar.testing import TestClient
+
+from mirror_api.app import create_app
+from mirror_assets.config import Settings
+from mirror_assets.definitions import build_definitions
+from mirror_assets.nsids import CollectionFilter
+from mirror_assets.resources import MirrorResource
+from mirror_assets.store import Store
+from mirror_assets.summaries import rebuild_summaries
+from tests.events_factory import CARD, PAGE, account, create, delete, did
+from tests.jetstream_server import JetstreamServer
+from tests.store_helpers import apply_events
+
+ALICE, BOB, CAROL = did("alice"), did("bob"), did("carol")
+
+
+def _mixed_file(db: Path) -> None:
+    """Two collections, equal counts, a deleted record, a hidden account."""
+    apply_events(
+        db,
+        [
+            *(create(ALICE, f"a{i}", rev=i + 1, t=i) for i in range(3)),
+            *(create(BOB, f"b{i}", rev=i + 1, t=10 + i) for i in range(3)),
+            create(BOB, "p1", rev=9, t=20, collection=PAGE),
+            *(create(CAROL, f"c{i}", rev=i + 1, t=30 + i) for i in range(4)),
+            delete(ALICE, "a2", rev=20, t=40),
+            account(CAROL, active=False, status="takendown", t=41),
+        ],
+    )
+
+
+def _live(db: Path) -> tuple[list[tuple[str, str, int]], list[tuple[str, int, int, int]]]:
+    with Store(db).reading() as con:
+        users = con.execute(
+            "SELECT collection, did, count(*) FROM records GROUP BY ALL ORDER BY ALL"
+        ).fetchall()
+        stats = con.execute(
+            "SELECT collection, count(DISTINCT did), count(*), max(time_us) FROM records "
+            "GROUP BY collection ORDER BY collection"
+        ).fetchall()
+    return users, stats
+
+
+def _summaries(db: Path) -> tuple[list[tuple[str, str, int]], list[tuple[str, int, int, int]]]:
+    with Store(db).reading() as con:
+        users = con.execute("SELECT * FROM user_counts ORDER BY ALL").fetchall()
+        stats = con.execute("SELECT * FROM collection_stats ORDER BY collection").fetchall()
+    return users, stats
+
+
+def test_a_rebuild_equals_counting_the_records_view(tmp_path: Path) -> None:
+    db = tmp_path / "mirror.duckdb"
+    _mixed_file(db)
+    with Store(db).writing() as tx:
+        counts = rebuild_summaries(tx.con)
+    assert (counts.collections, counts.user_rows) == (2, 3)
+    assert _summaries(db) == _live(db)
+    assert _summaries(db)[0] == [(CARD, ALICE, 2), (CARD, BOB, 3), (PAGE, BOB, 1)]
+
+    apply_events(db, [create(CAROL, "c9", rev=50, t=50), account(CAROL, active=True, t=51)])
+    with Store(db).writing() as tx:
+        rebuild_summaries(tx.con)
+    assert _summaries(db) == _live(db)
+    assert (CARD, CAROL, 5) in _summaries(db)[0]
+
+
+def test_the_api_reads_the_summaries_once_built(tmp_path: Path) -> None:
+    db = tmp_path / "mirror.duckdb"
+    _mixed_file(db)
+    settings = Settings(db_path=db, collections=CollectionFilter.parse(f"{CARD},{PAGE}"))
+    with TestClient(app=create_app(settings)) as client:
+        live_users = client.get(f"/users/{CARD}").json()
+        live_stats = client.get(f"/stats/{CARD}").json()
+        with Store(db).writing() as tx:
+            rebuild_summaries(tx.con)
+        assert client.get(f"/users/{CARD}").json() == live_users
+        assert client.get(f"/stats/{CARD}").json() == live_stats
+        assert live_users == {
+            "users": [{"did": BOB, "record_count": 3}, {"did": ALICE, "record_count": 2}]
+        }
+
+        # Until the next rebuild the answers are the summaries', not a live count.
+        apply_events(db, [create(ALICE, "a7", rev=70, t=70), create(ALICE, "a8", rev=71, t=71)])
+        assert client.get(f"/users/{CARD}").json() == live_users
+        with Store(db).writing() as tx:
+            rebuild_summaries(tx.con)
+        first = client.get(f"/users/{CARD}", params={"limit": 1}).json()
+        assert first["users"] == [{"did": ALICE, "record_count": 4}]
+        rest = client.get(f"/users/{CARD}", params={"cursor": first["cursor"]}).json()
+        assert rest == {"users": [{"did": BOB, "record_count": 3}]}
+        stats = client.get(f"/stats/{CARD}").json()
+        assert (stats["unique_users"], stats["total_records"]) == (2, 7)
+        assert client.get("/stats/app.blento.page").json()["total_records"] == 1
+
+
+def test_the_ingest_job_rebuilds_the_summaries_after_records(tmp_path: Path) -> None:
+    db = tmp_path / "mirror.duckdb"
+    with JetstreamServer() as server, dg.instance_for_test() as instance:
+        for n in range(5):
+            server.add(create(did(f"user{n % 2}"), f"r{n}", rev=n + 1, t=n))
+        mirror = MirrorResource(
+            db_path=str(db), collections=CARD, jetstream_urls=server.url, idle_seconds=0.5
+        )
+        result = (
+            build_definitions(mirror)
+            .resolve_job_def("ingest")
+            .execute_in_process(instance=instance)
+        )
+    assert result.success
+    rows = {
+        materialization.asset_key.to_user_string(): materialization.metadata[
+            "dagster/row_count"
+        ].value
+        for materialization in result.asset_materializations_for_node("collection_summaries")
+    }
+    assert rows == {"user_counts": 2, "collection_stats": 1}
+    assert _summaries(db) == _live(db)
