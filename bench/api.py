@@ -2,7 +2,8 @@
 
     .venv/bin/python -m bench.api [--records 1000000] [--seconds 20] [--clients 32] [--keep]
 
-* The file (`bench/out/api_<N>.duckdb`, kept between runs) is built with SQL: N records of
+* The file (`bench/out/api_<N>.duckdb`, kept between runs; delete it after a schema change)
+  is built with SQL, summaries included: N records of
   `app.blento.card` (90 %) and `app.blento.page` (10 %) from 200,000 DIDs with a skewed
   share (a few DIDs hold many records, most hold a few: DID = 200,000 * u^3); 80 % of the
   records arrive in time order (live ingest), 20 % with older random times (backfills);
@@ -40,6 +41,7 @@ import httpx
 
 from mirror_assets.schema import migrate
 from mirror_assets.store import Store
+from mirror_assets.summaries import rebuild_summaries
 
 OUT = Path(__file__).parent / "out"
 CARD, PAGE = "app.blento.card", "app.blento.page"
@@ -69,7 +71,8 @@ FROM (
 
 
 def build(path: Path, records: int) -> None:
-    """The benchmark's file, made once per size with bulk SQL."""
+    """The benchmark's file, made once per size with bulk SQL, with its summaries built as
+    the ingest job builds them."""
     if path.exists():
         return
     started = time.perf_counter()
@@ -103,6 +106,7 @@ def build(path: Path, records: int) -> None:
             'bench', now());
         """
     )
+    rebuild_summaries(con)
     con.execute("COMMIT")
     con.execute("CHECKPOINT")
     con.close()

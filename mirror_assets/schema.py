@@ -104,7 +104,8 @@ MIGRATIONS: tuple[str, ...] = (
     );
     """,
     # Version 3: per-collection summaries behind /users and /stats, rebuilt by Dagster
-    # (summaries.py), because counting 10,000,000 records per request is too slow.
+    # (summaries.py), because counting 10,000,000 records per request is too slow; and an
+    # index on `did`, so one user's page (`?did=`) reads their rows instead of every row.
     """
     CREATE TABLE user_counts (
         collection VARCHAR NOT NULL,
@@ -118,6 +119,7 @@ MIGRATIONS: tuple[str, ...] = (
         total_records BIGINT NOT NULL,
         last_record_time_us BIGINT
     );
+    CREATE INDEX record_versions_did ON record_versions (did);
     """,
 )
 

@@ -6,8 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
+import pytest
+from litestar import Litestar
 from litestar.testing import TestClient
 
+from mirror_api import queries
 from mirror_api.app import create_app
 from mirror_assets.config import Settings
 from mirror_assets.definitions import build_definitions
@@ -123,3 +126,41 @@ def test_the_ingest_job_rebuilds_the_summaries_after_records(tmp_path: Path) -> 
     }
     assert rows == {"user_counts": 2, "collection_stats": 1}
     assert _summaries(db) == _live(db)
+
+
+def _walk(client: TestClient[Litestar], collection: str, user: str) -> list[str]:
+    uris: list[str] = []
+    params = {"did": user, "limit": "1"}
+    while True:
+        page = client.get(f"/records/{collection}", params=params).json()
+        uris += [record["uri"] for record in page["records"]]
+        if "cursor" not in page:
+            return uris
+        params["cursor"] = page["cursor"]
+
+
+def test_a_users_pages_are_the_same_through_the_did_index_and_a_scan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "mirror.duckdb"
+    _mixed_file(db)
+    apply_events(db, [create(ALICE, "same-time", rev=30, t=1)])  # shares a time_us with a1
+    with Store(db).writing() as tx:
+        rebuild_summaries(tx.con)
+    settings = Settings(
+        db_path=db,
+        collections=CollectionFilter.parse(f"{CARD},{PAGE}"),
+        dagster_url="http://127.0.0.1:9",  # nothing there: `?did=` answers at once
+        backfill_wait_seconds=0.0,
+    )
+    pairs = [(CARD, ALICE), (CARD, BOB), (PAGE, BOB), (CARD, CAROL), (PAGE, ALICE)]
+    with TestClient(app=create_app(settings)) as client:
+        through_index = {pair: _walk(client, *pair) for pair in pairs}
+        monkeypatch.setattr(queries, "INDEXED_USER_RECORDS", 0)  # every user scanned
+        scanned = {pair: _walk(client, *pair) for pair in pairs}
+    assert through_index == scanned
+    assert through_index[(CARD, ALICE)] == [
+        f"at://{ALICE}/{CARD}/{rkey}" for rkey in ("same-time", "a1", "a0")
+    ]
+    assert through_index[(CARD, CAROL)] == []  # hidden
+    assert through_index[(PAGE, BOB)] == [f"at://{BOB}/{PAGE}/p1"]
