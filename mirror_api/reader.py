@@ -67,6 +67,8 @@ class MirrorReader:
     def _attach(self) -> None:
         """Attach the file; wait out a process outside the lock protocol that holds it
         read-write (an analyst's shell), up to the lock timeout."""
+        # A DETACH that failed must not leave an old snapshot attached for good.
+        self._instance.execute(f"DETACH DATABASE IF EXISTS {SCHEMA}")
         if not self.db_path.exists():
             self._instance.execute(f"ATTACH ':memory:' AS {SCHEMA}")
             self._instance.execute(f"USE {SCHEMA}")
