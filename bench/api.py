@@ -184,12 +184,14 @@ async def load(
                 started = time.perf_counter()
                 try:
                     response = await client.get(path, params=query)
-                except httpx.HTTPError:
+                except httpx.HTTPError as error:
                     errors[name] += 1
+                    print(f"{name}: {type(error).__name__}: {error}", file=sys.stderr)
                     continue
                 latencies[name].append(time.perf_counter() - started)
                 if response.status_code != 200:
                     errors[name] += 1
+                    print(f"{name}: {response.status_code} {response.text[:200]}", file=sys.stderr)
                 elif "cursor" in params:
                     cursors[name] = response.json().get("cursor")
 
@@ -250,7 +252,7 @@ def main() -> None:
         [sys.executable, "-m", "mirror_assets.cli", "api"],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=(work.parent / "server.log").open("w"),
     )
     base = f"http://127.0.0.1:{port}"
     try:

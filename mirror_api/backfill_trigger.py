@@ -51,11 +51,11 @@ class BackfillTrigger:
         return await self._state(did, collection)
 
     async def _state(self, did: str, collection: str) -> BackfillState:
-        def read() -> BackfillState:
-            with self._reader.reading() as con:
-                return backfill_state(con, collection, did)
-
-        return await asyncio.to_thread(read)
+        return await asyncio.to_thread(
+            self._reader.query,
+            ("backfill", collection, did),
+            lambda con: backfill_state(con, collection, did),
+        )
 
     async def _ask(self, did: str, collection: str) -> None:
         key = (did, collection)

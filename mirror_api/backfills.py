@@ -29,5 +29,6 @@ class BackfillController(Controller):
         require_tracked(collection, settings.collections)
         if not is_valid_did(did):
             raise HTTPException(status_code=400, detail="Invalid did parameter")
-        with reader.reading() as con:
-            return backfill_state(con, collection, did)
+        return reader.query(
+            ("backfill", collection, did), lambda con: backfill_state(con, collection, did)
+        )

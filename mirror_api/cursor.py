@@ -19,8 +19,7 @@ class CursorController(Controller):
     @get("/", sync_to_thread=True, summary="The Jetstream cursor")
     def cursor(self, reader: NamedDependency[MirrorReader]) -> Cursor | NoCursor:
         """`{"cursor": null}` before the first ingest."""
-        with reader.reading() as con:
-            time_us = cursor_us(con)
+        time_us = reader.query("cursor", cursor_us)
         if time_us is None:
             return NoCursor()
         lag = cursor_lag_seconds(time_us, time.time()) or 0.0

@@ -5,16 +5,19 @@ warm instance about 1 ms. Each request takes the shared side of the file lock (t
 gate, so a waiting writer stops new requests and only waits for those already inside); the
 first request in attaches the file, the last one out detaches it, so while nobody reads,
 nothing holds the file and writers never wait for the API. Queries run in worker threads,
-each on its own cursor of the one instance.
+each on its own cursor of the one instance. Answers are kept until the file changes: the
+pages everyone asks for (first pages, /users, /stats) cost one query per write, not one
+per request.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from pathlib import Path
+from typing import TypeVar, cast
 
 import duckdb
 
@@ -22,6 +25,9 @@ from mirror_assets.lock import read_lock
 from mirror_assets.schema import migrate
 
 SCHEMA = "mirror"  # the name the file is attached under
+MAX_CACHED_ANSWERS = 4096  # per version of the file; the least recently used go first
+
+T = TypeVar("T")
 
 
 class MirrorReader:
@@ -31,23 +37,53 @@ class MirrorReader:
         self._instance = duckdb.connect(":memory:")
         self._guard = threading.Lock()
         self._readers = 0
+        self._answers: OrderedDict[Hashable, object] = OrderedDict()
+        self._cached_version: tuple[int, ...] = ()
 
-    @contextmanager
-    def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A cursor on the attached file, for one request; tables are `mirror.<name>`.
+    def query(self, key: Hashable, compute: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        """`compute` on a cursor of the attached file, for one request; tables are
+        `mirror.<name>`. Answers are kept per version of the file: between two writes,
+        the same question (`key`) is answered from memory, without opening the file.
 
         Before the file exists (no run yet), an empty in-memory mirror answers instead.
         """
         with read_lock(self.db_path, self.lock_timeout):
+            # Under the read lock no writer changes the file, so its version is the data's.
+            version = self._file_version()
+            with self._guard:
+                if version != self._cached_version:
+                    self._answers.clear()
+                    self._cached_version = version
+                if key in self._answers:
+                    self._answers.move_to_end(key)
+                    return cast(T, self._answers[key])
             self._enter()
             try:
                 cursor = self._instance.cursor()
                 try:
-                    yield cursor
+                    answer = compute(cursor)
                 finally:
                     cursor.close()
             finally:
                 self._leave()
+            with self._guard:
+                if version == self._cached_version:
+                    self._answers[key] = answer
+                    if len(self._answers) > MAX_CACHED_ANSWERS:
+                        self._answers.popitem(last=False)
+            return answer
+
+    def _file_version(self) -> tuple[int, ...]:
+        """What changes whenever a writer commits: the file's and its WAL's size and time."""
+        version: list[int] = []
+        for path in (self.db_path, self.db_path.with_name(self.db_path.name + ".wal")):
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                version += [-1, -1]
+                continue
+            version += [stat.st_mtime_ns, stat.st_size]
+        return tuple(version)
 
     def close(self) -> None:
         self._instance.close()

@@ -60,8 +60,10 @@ def _read_page(
     after: tuple[int, str] | None,
     did: str | None,
 ) -> list[Record]:
-    with reader.reading() as con:
-        return records_page(con, collection, limit, after, did)
+    return reader.query(
+        ("records", collection, limit, after, did),
+        lambda con: records_page(con, collection, limit, after, did),
+    )
 
 
 def _resolve_did(reader: MirrorReader, did_or_handle: str) -> str:
@@ -69,8 +71,8 @@ def _resolve_did(reader: MirrorReader, did_or_handle: str) -> str:
     if is_valid_did(did_or_handle):
         return did_or_handle
     if _HANDLE.fullmatch(did_or_handle):
-        with reader.reading() as con:
-            did = did_of_handle(con, did_or_handle.lower())
+        handle = did_or_handle.lower()
+        did = reader.query(("handle", handle), lambda con: did_of_handle(con, handle))
         if did is not None:
             return did
     raise HTTPException(status_code=400, detail="Invalid did parameter")

@@ -24,5 +24,4 @@ class StatsController(Controller):
         settings: NamedDependency[Settings],
     ) -> Stats:
         require_tracked(collection, settings.collections)
-        with reader.reading() as con:
-            return stats(con, collection)
+        return reader.query(("stats", collection), lambda con: stats(con, collection))

@@ -27,8 +27,10 @@ class UsersController(Controller):
     ) -> UsersPage:
         require_tracked(collection, settings.collections)
         size, after = parse_limit(limit), decode_cursor(cursor, "users")
-        with reader.reading() as con:
-            rows = users_page(con, collection, size + 1, after)
+        rows = reader.query(
+            ("users", collection, size, after),
+            lambda con: users_page(con, collection, size + 1, after),
+        )
         page, more = rows[:size], len(rows) > size
         next_cursor = encode_cursor("users", page[-1].record_count, page[-1].did) if more else None
         return UsersPage(page, next_cursor)

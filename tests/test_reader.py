@@ -1,0 +1,66 @@
+"""The API's reader: answers kept per version of the file, recomputed after every write."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from mirror_api import reader as reader_module
+from mirror_api.reader import MirrorReader
+from tests.events_factory import create, did
+from tests.store_helpers import apply_events
+
+ALICE = did("alice")
+
+
+def _counter(calls: list[str], name: str) -> Callable[[duckdb.DuckDBPyConnection], int]:
+    """A question that counts the records, noting each time it is actually asked."""
+
+    def count_records(con: duckdb.DuckDBPyConnection) -> int:
+        calls.append(name)
+        return int(con.execute("SELECT count(*) FROM mirror.records").fetchall()[0][0])
+
+    return count_records
+
+
+def test_a_question_is_answered_once_per_version_of_the_file(tmp_path: Path) -> None:
+    db = tmp_path / "mirror.duckdb"
+    apply_events(db, [create(ALICE, "a1", rev=1, t=1)])
+    reader, calls = MirrorReader(db), list[str]()
+
+    assert reader.query("count", _counter(calls, "first")) == 1
+    assert reader.query("count", _counter(calls, "again")) == 1
+    assert calls == ["first"]  # the second answer came from memory
+    assert reader.query("other", _counter(calls, "other")) == 1
+    assert calls == ["first", "other"]
+
+    apply_events(db, [create(ALICE, "a2", rev=2, t=2)])
+    assert reader.query("count", _counter(calls, "after the write")) == 2
+    assert calls == ["first", "other", "after the write"]
+    reader.close()
+
+
+def test_the_answers_kept_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reader_module, "MAX_CACHED_ANSWERS", 2)
+    db = tmp_path / "mirror.duckdb"
+    apply_events(db, [create(ALICE, "a1", rev=1, t=1)])
+    reader, calls = MirrorReader(db), list[str]()
+    for key in ("a", "b", "c", "a"):
+        reader.query(key, _counter(calls, key))
+    assert calls == ["a", "b", "c", "a"]  # "a" was the least recently used, and went
+    reader.query("c", _counter(calls, "c again"))
+    assert calls[-1] == "a"
+    reader.close()
+
+
+def test_before_the_file_exists_an_empty_mirror_answers(tmp_path: Path) -> None:
+    db = tmp_path / "mirror.duckdb"
+    reader, calls = MirrorReader(db), list[str]()
+    assert reader.query("count", _counter(calls, "empty")) == 0
+    assert not db.exists()  # the API never creates the file
+    apply_events(db, [create(ALICE, "a1", rev=1, t=1)])
+    assert reader.query("count", _counter(calls, "file")) == 1
+    reader.close()
