@@ -39,33 +39,23 @@ from mirror_assets.backfill import run_backfill
 from mirror_assets.backfill_queue import queue
 from mirror_assets.config import BackfillLimits, Settings
 from mirror_assets.nsids import CollectionFilter
-from mirror_assets.record_time import TID_ALPHABET
 from mirror_assets.store import Store
+from tests.events_factory import numbered_did, tid
 
 OUT = Path(__file__).parent / "out"
 COLLECTION = "app.blento.card"
 START_US = 1_725_000_000_000_000
 
 
-def did_of(n: int) -> str:
-    """A did:plc whose 24 characters spell n in the base32 alphabet."""
-    chars = []
-    for _ in range(24):
-        chars.append(TID_ALPHABET[n % 32])
-        n //= 32
-    return "did:plc:" + "".join(reversed(chars))
-
-
 def serve(dids: int, records: int, latency: float, ready: Connection) -> None:
     """The child: a PLC directory and a PDS (two hosts, as on the network) with the
     benchmark's repos, each answer `latency` seconds late, until terminated."""
     from tests.atproto_server import AtprotoStandIn
-    from tests.events_factory import tid
 
     plc, net = AtprotoStandIn().start(), AtprotoStandIn().start()
     plc.latency_seconds = net.latency_seconds = latency
     for d in range(dids):
-        did = did_of(d)
+        did = numbered_did(d)
         plc.add_account(did, handle=f"user{d}.test", pds_url=net.url)
         net.add_account(did, handle=f"user{d}.test")
         for i in range(records):
@@ -106,7 +96,7 @@ async def bare(url: str, dids: int, per_host: int) -> int:
                 seen += len(page["records"])
                 cursor = page.get("cursor")
 
-        await asyncio.gather(*(page_all(did_of(d)) for d in range(dids)))
+        await asyncio.gather(*(page_all(numbered_did(d)) for d in range(dids)))
     return seen
 
 
@@ -120,7 +110,7 @@ def mirror(plc: str, dids: int, db: Path) -> tuple[int, float, dict[str, int | f
         backfill=BackfillLimits(run_seconds=3600),
     )
     store = Store(db)
-    everyone = [did_of(d) for d in range(dids)]
+    everyone = [numbered_did(d) for d in range(dids)]
     with store.writing() as tx:
         queue(tx.con, [(did, COLLECTION) for did in everyone])
     started = time.perf_counter()

@@ -312,31 +312,34 @@ def write_progress(
     return ProgressResult(applied, removed[0][0] if removed else 0, completed)
 
 
+@dataclass
+class _ListingProgress:
+    """What a group's items did to one (did, collection): a row of the `progress` table."""
+
+    did: str
+    collection: str
+    status: str = "in_progress"
+    repo_rev: str | None = None
+    cursor: str | None = None
+    pages: int = 0
+    records: int = 0
+    error: str | None = None
+
+
 def _progress_table(items: Sequence[Progress]) -> pa.Table:
     """One row per (did, collection): the state its items lead to, in order."""
-    rows: dict[tuple[str, str], dict[str, object]] = {}
+    rows: dict[tuple[str, str], _ListingProgress] = {}
     for item in items:
         if isinstance(item, Resolved):
             continue
-        row = rows.setdefault(
-            (item.did, item.collection),
-            {
-                "did": item.did,
-                "collection": item.collection,
-                "status": "in_progress",
-                "repo_rev": None,
-                "cursor": None,
-                "pages": 0,
-                "records": 0,
-                "error": None,
-            },
-        )
+        key = (item.did, item.collection)
+        row = rows.setdefault(key, _ListingProgress(*key))
         if isinstance(item, PageRead):
-            row.update(repo_rev=item.repo_rev, cursor=item.cursor, status="in_progress")
-            row["pages"] = int(row["pages"]) + 1  # type: ignore[call-overload]
-            row["records"] = int(row["records"]) + item.rows.num_rows  # type: ignore[call-overload]
+            row.status, row.repo_rev, row.cursor = "in_progress", item.repo_rev, item.cursor
+            row.pages += 1
+            row.records += item.rows.num_rows
         elif isinstance(item, ListingDone):
-            row.update(repo_rev=item.repo_rev, status="complete")
+            row.status, row.repo_rev = "complete", item.repo_rev
         else:
-            row.update(status=item.status, error=item.error)
-    return pa.Table.from_pylist(list(rows.values()), schema=_PROGRESS_SCHEMA)
+            row.status, row.error = item.status, item.error
+    return pa.Table.from_pylist([vars(row) for row in rows.values()], schema=_PROGRESS_SCHEMA)

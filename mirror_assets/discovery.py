@@ -73,8 +73,9 @@ class DiscoveryReport:
         }
 
 
-def collections_due(con: duckdb.DuckDBPyConnection, settings: Settings) -> list[str]:
-    """Tracked exact collections never passed on this relay, mid-pass, or passed long ago."""
+def collections_due(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict[str, str | None]:
+    """Tracked exact collections never passed on this relay, mid-pass, or passed long ago,
+    each with the cursor its pass resumes from (None: a new pass)."""
     state = {
         collection: (relay, cursor, completed_at)
         for collection, relay, cursor, completed_at in con.execute(
@@ -82,16 +83,13 @@ def collections_due(con: duckdb.DuckDBPyConnection, settings: Settings) -> list[
         ).fetchall()
     }
     stale_before = datetime.now(UTC) - REPASS_AFTER
-    due = []
+    due: dict[str, str | None] = {}
     for collection in sorted(settings.collections.exact):
         relay, cursor, completed_at = state.get(collection, (None, None, None))
-        if (
-            relay != settings.relay_url
-            or cursor is not None
-            or completed_at is None
-            or completed_at < stale_before
-        ):
-            due.append(collection)
+        if relay != settings.relay_url:
+            due[collection] = None  # another relay's position means nothing here
+        elif cursor is not None or completed_at is None or completed_at < stale_before:
+            due[collection] = cursor
     return due
 
 
@@ -117,16 +115,9 @@ async def discover(settings: Settings, store: Store) -> DiscoveryReport:
     report = DiscoveryReport(not_discoverable=[f"{p}*" for p in settings.collections.prefixes])
     with store.reading() as con:
         due = collections_due(con, settings)
-        cursors = dict(
-            con.execute(
-                "SELECT collection, cursor FROM discovery_state WHERE relay = ?",
-                [settings.relay_url],
-            ).fetchall()
-        )
     politeness = Politeness.from_limits(settings.backfill)
     async with XrpcClient(politeness, AddressGuard(settings.allow_private_network)) as client:
-        for collection in due:
-            cursor = cursors.get(collection)
+        for collection, cursor in due.items():
             collection_pass = CollectionPass(collection, resumed=cursor is not None)
             report.passes.append(collection_pass)
             await _pass(client, store, settings.relay_url, collection_pass, cursor)

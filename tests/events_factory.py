@@ -52,6 +52,15 @@ def did(name: str) -> str:
     return f"did:plc:{name}"
 
 
+def numbered_did(n: int) -> str:
+    """The n-th resolvable did:plc (24 base32 characters); they sort as their numbers do."""
+    chars = []
+    for _ in range(24):
+        chars.append(_TID_ALPHABET[n % 32])
+        n //= 32
+    return "did:plc:" + "".join(reversed(chars))
+
+
 def uri(did_: str, rkey: str, collection: str = CARD) -> str:
     return f"at://{did_}/{collection}/{rkey}"
 

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -68,12 +68,6 @@ def plc(name: str) -> str:
 
 
 # -- fixtures and settings ------------------------------------------------------------------
-
-
-@pytest.fixture
-def net() -> Iterator[AtprotoStandIn]:
-    with AtprotoStandIn() as running:
-        yield running
 
 
 @pytest.fixture

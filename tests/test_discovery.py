@@ -34,26 +34,11 @@ from mirror_assets.sensors import discovery_sensor
 from mirror_assets.store import Store
 from mirror_assets.xrpc import UnavailableError
 from tests.atproto_server import LIST_REPOS_BY_COLLECTION, AtprotoStandIn, endpoint_of
-from tests.events_factory import CARD, PAGE, account, create
+from tests.events_factory import CARD, PAGE, account, create, numbered_did
 from tests.store_helpers import apply_events
 
 ATTEMPTS = 3
-_SORTABLE = "234567abcdefghijklmnopqrstuvwxyz"  # base32 in ASCII order
-
-
-def plc(n: int) -> str:
-    """The n-th did:plc (24 base32 characters); plc(a) < plc(b) iff a < b."""
-    chars = []
-    for _ in range(24):
-        chars.append(_SORTABLE[n % 32])
-        n //= 32
-    return "did:plc:" + "".join(reversed(chars))
-
-
-@pytest.fixture
-def net() -> Iterator[AtprotoStandIn]:
-    with AtprotoStandIn() as running:
-        yield running
+plc = numbered_did  # the n-th resolvable did:plc; plc(a) < plc(b) iff a < b
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -55,12 +54,6 @@ def plc(name: str) -> str:
 
 ALICE, BOB = plc("alice"), plc("bob")
 HANDLE = "alice.test"
-
-
-@pytest.fixture
-def net() -> Iterator[AtprotoStandIn]:
-    with AtprotoStandIn() as running:
-        yield running
 
 
 def client(*, allow_private_network: bool = True) -> XrpcClient:

@@ -42,33 +42,18 @@ from mirror_assets.sensors import (
 )
 from mirror_assets.store import Store
 from tests.atproto_server import GET_LATEST_COMMIT, LIST_RECORDS, AtprotoStandIn
-from tests.events_factory import CARD, at
+from tests.events_factory import CARD, at, numbered_did
 from tests.store_helpers import apply_events
 
 BACKFILL = dg.AssetKey("did_backfill")
 NO_NETWORK = "http://127.0.0.1:9"  # for tests that only evaluate the sensor
-_SORTABLE = "234567abcdefghijklmnopqrstuvwxyz"  # base32 in ASCII order
-
-
-def plc(n: int) -> str:
-    """The n-th did:plc: 24 base32 characters, so it resolves; plc(a) < plc(b) iff a < b."""
-    chars = []
-    for _ in range(24):
-        chars.append(_SORTABLE[n % 32])
-        n //= 32
-    return "did:plc:" + "".join(reversed(chars))
+plc = numbered_did  # the n-th resolvable did:plc; plc(a) < plc(b) iff a < b
 
 
 @pytest.fixture
 def instance() -> Iterator[dg.DagsterInstance]:
     with dg.instance_for_test() as instance:
         yield instance
-
-
-@pytest.fixture
-def net() -> Iterator[AtprotoStandIn]:
-    with AtprotoStandIn() as running:
-        yield running
 
 
 def mirror_for(tmp_path: Path, url: str, dids_per_run: int = 10, **limits: Any) -> MirrorResource:
