@@ -44,7 +44,7 @@ from tests.atproto_server import (
 )
 from tests.events_factory import BASE_US, CARD, PAGE
 
-FAST = Politeness(backoff_seconds=0.01, timeout_seconds=0.3, attempts=3)
+FAST = Politeness(backoff_seconds=0.01, timeout_seconds=5.0, attempts=3)  # no spurious timeouts
 
 
 def plc(name: str) -> str:
