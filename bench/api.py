@@ -1,39 +1,42 @@
-"""API benchmark: the real API server over a large file, a load generator, and a writer.
+"""API benchmark: the real API server over a large file, wrk as the load, and a writer.
 
-    .venv/bin/python -m bench.api [--records 1000000] [--seconds 20] [--clients 32] [--keep]
+    .venv/bin/python -m bench.api [--records 1000000] [--seconds 10] [--connections 1,32]
+                                  [--workers 1] [--keep]
 
-* The file (`bench/out/api_<N>.duckdb`, kept between runs; delete it after a schema change)
-  is built with SQL, summaries included: N records of
-  `app.blento.card` (90 %) and `app.blento.page` (10 %) from 200,000 DIDs with a skewed
-  share (a few DIDs hold many records, most hold a few: DID = 200,000 * u^3); 80 % of the
-  records arrive in time order (live ingest), 20 % with older random times (backfills);
-  every backfill complete; record JSON of about 150 bytes.
-* The server is `mirror api` (uvicorn, one process) on a free port.
+* The file (`bench/out/api_<N>.duckdb`, kept between runs, migrated when the schema moves
+  on) is built with SQL, summaries included: N records of `app.blento.card` (90 %) and
+  `app.blento.page` (10 %) from 200,000 DIDs with a skewed share (a few DIDs hold many
+  records, most hold a few: DID = 200,000 * u^3); 80 % of the records arrive in time order
+  (live ingest), 20 % with older random times (backfills); every backfill complete; record
+  JSON of about 150 bytes.
+* The server is `mirror api` (uvicorn, `--workers` processes) on a free port.
 * A writer process commits 1,000 new records every 5 seconds through the store's write
-  lock, as ingest would.
-* The load generator (another process, asyncio + httpx) runs `--clients` concurrent loops
-  for `--seconds` per phase: a mixed phase (first pages, cursor pages, `?did=` pages of
-  heavy and light users, /users, /stats) and a /records-only phase for throughput.
+  lock, as ingest would, so answers kept by the API are computed again after each write.
+* The load is wrk (`apt-get install wrk`), one thread, `--connections` connections, for
+  `--seconds` per endpoint: first pages, cursor walks (`bench/walk.lua` follows the
+  answers' cursors), `?did=` pages of the heaviest and a light user, /users and its walk,
+  /stats. A load generator in Python saturates a core before the server does.
 
-Printed: p50, p99 and requests/s per endpoint, errors, and the writer's longest lock wait.
-Targets (issue 4, at 10,000,000 records): /records p50 <= 5 ms and p99 <= 50 ms;
-`?did=`, /users and /stats p50 <= 20 ms; >= 1,000 requests/s on /records.
+Printed: requests/s, p50 and p99 per endpoint and concurrency, errors (non-2xx answers and
+socket errors), and the writer's longest lock wait. Targets (issue 4, at 10,000,000
+records): /records p50 <= 5 ms and p99 <= 50 ms; `?did=`, /users and /stats p50 <= 20 ms;
+>= 1,000 requests/s on /records.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import multiprocessing as mp
 import os
+import re
 import shutil
 import socket
 import statistics
 import subprocess
 import sys
 import time
-from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -48,6 +51,7 @@ CARD, PAGE = "app.blento.card", "app.blento.page"
 USERS = 200_000
 START_US = 1_700_000_000_000_000
 SPAN_US = 365 * 86_400 * 1_000_000
+WRK = shutil.which("wrk")
 RECORD = '{"$type": "app.blento.card", "title": "a card", "text": "lorem ipsum dolor sit amet"}'
 
 _ROWS = """
@@ -142,94 +146,85 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def targets(dids: tuple[str, str], mixed: bool) -> list[tuple[str, str, dict[str, str]]]:
-    """(name, path, params) of the requests a loop cycles through."""
-    heavy, light = dids
-    if not mixed:
-        return [("records", f"/records/{CARD}", {})]
+def targets(heavy: str, light: str) -> list[tuple[str, str, bool]]:
+    """(name, path and query, walk the cursor) of each endpoint measured."""
     return [
-        ("records", f"/records/{CARD}", {}),
-        ("records?cursor", f"/records/{CARD}", {"cursor": "walk"}),
-        ("records?did= heavy", f"/records/{CARD}", {"did": heavy}),
-        ("records?did= light", f"/records/{CARD}", {"did": light}),
-        ("users", f"/users/{CARD}", {}),
-        ("users?cursor", f"/users/{CARD}", {"cursor": "walk"}),
-        ("stats", f"/stats/{CARD}", {}),
+        ("records", f"/records/{CARD}", False),
+        ("records?cursor", f"/records/{CARD}", True),
+        ("records?did= heavy", f"/records/{CARD}?did={heavy}", False),
+        ("records?did= light", f"/records/{CARD}?did={light}", False),
+        ("users", f"/users/{CARD}", False),
+        ("users?cursor", f"/users/{CARD}", True),
+        ("stats", f"/stats/{CARD}", False),
     ]
 
 
-Latencies = dict[str, list[float]]
+@dataclass
+class Load:
+    """What wrk measured for one endpoint at one concurrency."""
+
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
 
 
-async def load(
-    base: str, clients: int, seconds: float, plan: list[tuple[str, str, dict[str, str]]]
-) -> tuple[Latencies, dict[str, int]]:
-    latencies: dict[str, list[float]] = defaultdict(list)
-    errors: dict[str, int] = defaultdict(int)
-    deadline = time.monotonic() + seconds
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
-
-        async def loop(k: int) -> None:
-            cursors: dict[str, str | None] = {}
-            i = k
-            while time.monotonic() < deadline:
-                name, path, params = plan[i % len(plan)]
-                i += 1
-                query = dict(params)
-                if query.get("cursor") == "walk":
-                    query.pop("cursor")
-                    if cursors.get(name):
-                        query["cursor"] = cursors[name] or ""
-                started = time.perf_counter()
-                try:
-                    response = await client.get(path, params=query)
-                except httpx.HTTPError as error:
-                    errors[name] += 1
-                    print(f"{name}: {type(error).__name__}: {error}", file=sys.stderr)
-                    continue
-                latencies[name].append(time.perf_counter() - started)
-                if response.status_code != 200:
-                    errors[name] += 1
-                    print(f"{name}: {response.status_code} {response.text[:200]}", file=sys.stderr)
-                elif "cursor" in params:
-                    cursors[name] = response.json().get("cursor")
-
-        await asyncio.gather(*(loop(k) for k in range(clients)))
-    return latencies, errors
+_ERRORS = r"(?:Non-2xx or 3xx responses|connect|read|write|timeout):? (\d+)"
+_UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
-def run_load(
-    base: str, clients: int, seconds: float, dids: tuple[str, str], mixed: bool, out: str
-) -> None:
-    latencies, errors = asyncio.run(load(base, clients, seconds, targets(dids, mixed)))
-    Path(out).write_text(json.dumps({"latencies": latencies, "errors": errors}))
+def run_wrk(url: str, connections: int, seconds: float, walk: bool) -> Load:
+    """One wrk run (one thread: the other core is the server's) and its numbers."""
+    command = [WRK or "wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency"]
+    command += ["-s", str(Path(__file__).parent / "walk.lua"), url]
+    if walk:
+        command += ["--", "walk"]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    return Load(
+        requests_per_second=float(_match(r"Requests/sec:\s+([\d.]+)", output)),
+        p50_ms=_latency(_match(r"50%\s+([\d.]+\w+)", output)),
+        p99_ms=_latency(_match(r"99%\s+([\d.]+\w+)", output)),
+        errors=sum(
+            int(n)
+            for n in re.findall(
+                r"(?:Non-2xx or 3xx responses|connect|read|write|timeout):? (\d+)", output
+            )
+        ),
+    )
 
 
-def report(title: str, result: dict[str, dict[str, list[float]]], seconds: float) -> None:
-    print(title)
-    for name, values in sorted(result["latencies"].items()):
-        ms = sorted(v * 1000 for v in values)
-        p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
-        print(
-            f"  {name:20s} {len(ms) / seconds:8.0f} req/s  p50 {statistics.median(ms):7.1f} ms"
-            f"  p99 {p99:7.1f} ms  errors {result['errors'].get(name, 0)}"
-        )
+def _match(pattern: str, text: str) -> str:
+    found = re.search(pattern, text)
+    if found is None:
+        raise RuntimeError(f"wrk printed no {pattern!r}:\n{text}")
+    return found.group(1)
+
+
+def _latency(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(number) * _UNIT_MS[unit]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=1_000_000)
-    parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=10, help="per endpoint and concurrency")
+    parser.add_argument(
+        "--connections", default="1,32", help="comma-separated concurrencies (default 1,32)"
+    )
+    parser.add_argument("--workers", type=int, default=1, help="API server processes")
     parser.add_argument("--keep", action="store_true", help="keep the working copy")
     args = parser.parse_args()
+    if WRK is None:
+        sys.exit("bench/api.py drives the server with wrk: install it (apt-get install wrk)")
+    connections = [int(n) for n in args.connections.split(",")]
     source = OUT / f"api_{args.records}.duckdb"
     build(source, args.records)
     work = OUT / "api_run" / "mirror.duckdb"
     shutil.rmtree(work.parent, ignore_errors=True)
     work.parent.mkdir(parents=True)
     shutil.copyfile(source, work)
+    Store(work).init()  # a file built by an older schema is migrated before the clock runs
     with duckdb.connect(str(work), read_only=True) as con:
         heavy = con.execute(
             f"SELECT did FROM records WHERE collection = '{CARD}' GROUP BY did "
@@ -245,6 +240,7 @@ def main() -> None:
         **os.environ,
         "MIRROR_DB": str(work),
         "API_PORT": str(port),
+        "API_WORKERS": str(args.workers),
         "COLLECTIONS": f"{CARD},{PAGE}",
         "DAGSTER_URL": f"http://127.0.0.1:{free_port()}",
     }
@@ -255,33 +251,30 @@ def main() -> None:
         stderr=(work.parent / "server.log").open("w"),
     )
     base = f"http://127.0.0.1:{port}"
+    plan = targets(heavy, light)
     try:
-        for _ in range(100):
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        phases = (("mixed", True), ("records only", False))
-        spawn = mp.get_context("spawn")
+        wait_until_up(base)
         writer_report = str(work.parent / "writer.json")
-        writer = spawn.Process(
-            target=write_loop,
-            args=(str(work), time.time() + args.seconds * len(phases), writer_report),
+        duration = args.seconds * len(plan) * len(connections)
+        writer = mp.get_context("spawn").Process(
+            target=write_loop, args=(str(work), time.time() + duration, writer_report)
         )
         writer.start()
-        for title, mixed in phases:
-            out = str(work.parent / "load.json")
-            loader = spawn.Process(
-                target=run_load, args=(base, args.clients, args.seconds, (heavy, light), mixed, out)
-            )
-            loader.start()
-            loader.join()
-            report(
-                f"{title}: {args.records:,} records, {args.clients} clients, {args.seconds:g} s",
-                json.loads(Path(out).read_text()),
-                args.seconds,
-            )
+        print(
+            f"{args.records:,} records, {args.workers} server process(es), a writer every 5 s, "
+            f"wrk for {args.seconds:g} s per line"
+        )
+        print(
+            f"  {'endpoint':20s} {'conns':>5s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} errors"
+        )
+        for count in connections:
+            for name, path, walk in plan:
+                load = run_wrk(base + path, count, args.seconds, walk)
+                print(
+                    f"  {name:20s} {count:5d} {load.requests_per_second:8.0f} "
+                    f"{load.p50_ms:8.2f} {load.p99_ms:8.2f} {load.errors:6d}",
+                    flush=True,
+                )
         writer.join()
         waits = json.loads(Path(writer_report).read_text())
         print(
@@ -293,6 +286,16 @@ def main() -> None:
         server.wait(timeout=30)
         if not args.keep:
             shutil.rmtree(work.parent, ignore_errors=True)
+
+
+def wait_until_up(base: str) -> None:
+    for _ in range(100):
+        try:
+            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise RuntimeError(f"the API at {base} did not come up")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from mirror_api.params import CollectionNotTrackedError
 from mirror_api.reader import MirrorReader
 from mirror_api.records import RecordsController
 from mirror_api.responses import ErrorBody
+from mirror_api.services import Services
 from mirror_api.stats import StatsController
 from mirror_api.users import UsersController
 from mirror_assets.config import Settings
@@ -98,6 +99,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     reader = MirrorReader(settings.db_path)
     dagster = DagsterClient(settings.dagster_graphql_url)
     backfills = BackfillTrigger(reader, dagster, settings.backfill_wait_seconds)
+    services = Services(settings, reader, backfills)
     return Litestar(
         route_handlers=[
             HealthController,
@@ -108,9 +110,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             BackfillController,
         ],
         dependencies={
-            "reader": Provide(lambda: reader, use_cache=True, sync_to_thread=False),
-            "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
-            "backfills": Provide(lambda: backfills, use_cache=True, sync_to_thread=False),
+            "services": Provide(lambda: services, use_cache=True, sync_to_thread=False),
         },
         before_send=[_allow_any_origin],
         after_request=_json_not_found,

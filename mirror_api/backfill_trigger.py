@@ -51,10 +51,8 @@ class BackfillTrigger:
         return await self._state(did, collection)
 
     async def _state(self, did: str, collection: str) -> BackfillState:
-        return await asyncio.to_thread(
-            self._reader.query,
-            ("backfill", collection, did),
-            lambda con: backfill_state(con, collection, did),
+        return await self._reader.ask(
+            ("backfill", collection, did), lambda con: backfill_state(con, collection, did)
         )
 
     async def _ask(self, did: str, collection: str) -> None:

@@ -9,26 +9,24 @@ from litestar.params import FromPath
 
 from mirror_api.params import require_tracked
 from mirror_api.queries import backfill_state
-from mirror_api.reader import MirrorReader
 from mirror_api.responses import BackfillState
-from mirror_assets.config import Settings
+from mirror_api.services import Services
 from mirror_assets.identity import is_valid_did
 
 
 class BackfillController(Controller):
     path = "/backfill"
 
-    @get("/{collection:str}/{did:str}", sync_to_thread=True, summary="A user's backfill")
-    def backfill(
+    @get("/{collection:str}/{did:str}", summary="A user's backfill")
+    async def backfill(
         self,
         collection: FromPath[str],
         did: FromPath[str],
-        reader: NamedDependency[MirrorReader],
-        settings: NamedDependency[Settings],
+        services: NamedDependency[Services],
     ) -> BackfillState:
-        require_tracked(collection, settings.collections)
+        require_tracked(collection, services.settings.collections)
         if not is_valid_did(did):
             raise HTTPException(status_code=400, detail="Invalid did parameter")
-        return reader.query(
+        return await services.reader.ask(
             ("backfill", collection, did), lambda con: backfill_state(con, collection, did)
         )

@@ -8,18 +8,18 @@ from litestar import Controller, get
 from litestar.di import NamedDependency
 
 from mirror_api.queries import cursor_us
-from mirror_api.reader import MirrorReader
 from mirror_api.responses import Cursor, NoCursor
+from mirror_api.services import Services
 from mirror_assets.cursor_time import cursor_iso, cursor_lag_seconds
 
 
 class CursorController(Controller):
     path = "/cursor"
 
-    @get("/", sync_to_thread=True, summary="The Jetstream cursor")
-    def cursor(self, reader: NamedDependency[MirrorReader]) -> Cursor | NoCursor:
+    @get("/", summary="The Jetstream cursor")
+    async def cursor(self, services: NamedDependency[Services]) -> Cursor | NoCursor:
         """`{"cursor": null}` before the first ingest."""
-        time_us = reader.query("cursor", cursor_us)
+        time_us = await services.reader.ask("cursor", cursor_us)
         if time_us is None:
             return NoCursor()
         lag = cursor_lag_seconds(time_us, time.time()) or 0.0

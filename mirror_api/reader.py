@@ -12,6 +12,7 @@ per request.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import OrderedDict
@@ -35,10 +36,30 @@ class MirrorReader:
         self.db_path = db_path
         self.lock_timeout = lock_timeout
         self._instance = duckdb.connect(":memory:")
-        self._guard = threading.Lock()
+        self._guard = threading.Lock()  # the reader count and the attached file
         self._readers = 0
+        # The kept answers have a lock of their own: the event loop takes it, so it must never
+        # wait behind an ATTACH.
+        self._kept = threading.Lock()
         self._answers: OrderedDict[Hashable, object] = OrderedDict()
         self._cached_version: tuple[int, ...] = ()
+
+    async def ask(self, key: Hashable, compute: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        """`query` for the event loop: an answer kept for the file's current version comes
+        back at once, without the lock or a worker thread; anything else runs `query` in a
+        worker thread.
+
+        Looking at the version without the lock is safe: answers are only ever kept under the
+        lock, for the version seen there, so a match means the answer is of the last
+        committed state (a writer that has begun but not committed has changed nothing we
+        serve; once it commits, the file's version moves on and the answer is computed anew).
+        """
+        version = self._file_version()
+        with self._kept:
+            if version == self._cached_version and key in self._answers:
+                self._answers.move_to_end(key)
+                return cast(T, self._answers[key])
+        return await asyncio.to_thread(self.query, key, compute)
 
     def query(self, key: Hashable, compute: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
         """`compute` on a cursor of the attached file, for one request; tables are
@@ -50,7 +71,7 @@ class MirrorReader:
         with read_lock(self.db_path, self.lock_timeout):
             # Under the read lock no writer changes the file, so its version is the data's.
             version = self._file_version()
-            with self._guard:
+            with self._kept:
                 if version != self._cached_version:
                     self._answers.clear()
                     self._cached_version = version
@@ -66,7 +87,7 @@ class MirrorReader:
                     cursor.close()
             finally:
                 self._leave()
-            with self._guard:
+            with self._kept:
                 if version == self._cached_version:
                     self._answers[key] = answer
                     if len(self._answers) > MAX_CACHED_ANSWERS:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 
 from litestar import Controller, get
@@ -10,12 +9,11 @@ from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath, FromQuery
 
-from mirror_api.backfill_trigger import BackfillTrigger
 from mirror_api.params import decode_cursor, encode_cursor, parse_limit, require_tracked
 from mirror_api.queries import did_of_handle, records_page
 from mirror_api.reader import MirrorReader
-from mirror_api.responses import BackfillState, Record, RecordsPage
-from mirror_assets.config import Settings
+from mirror_api.responses import BackfillState, RecordsPage
+from mirror_api.services import Services
 from mirror_assets.identity import is_valid_did
 
 _HANDLE = re.compile(r"(?=.{1,253}$)([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)+[a-zA-Z]+")
@@ -28,9 +26,7 @@ class RecordsController(Controller):
     async def records(
         self,
         collection: FromPath[str],
-        reader: NamedDependency[MirrorReader],
-        settings: NamedDependency[Settings],
-        backfills: NamedDependency[BackfillTrigger],
+        services: NamedDependency[Services],
         limit: FromQuery[str | None] = None,
         cursor: FromQuery[str | None] = None,
         did: FromQuery[str | None] = None,
@@ -38,41 +34,32 @@ class RecordsController(Controller):
         """Newest first. `?did=` (or a handle the mirror knows) keeps one user's records; if
         their backfill is not complete, the first page asks for it and waits for it, up to a
         bound, and every page says how it stands."""
-        require_tracked(collection, settings.collections)
+        require_tracked(collection, services.settings.collections)
         size, after = parse_limit(limit), decode_cursor(cursor, "records")
         state: BackfillState | None = None
         if did is not None:
-            did = await asyncio.to_thread(_resolve_did, reader, did)
+            did = await _resolve_did(services.reader, did)
             # The first page asks for the backfill and waits; the pages after it only say
             # how it stands, so a walk waits once.
+            backfills = services.backfills
             check = backfills.status if after is not None else backfills.ensure
             state = await check(did, collection)
-        rows = await asyncio.to_thread(_read_page, reader, collection, size + 1, after, did)
+        key = ("records", collection, size + 1, after, did)
+        rows = await services.reader.ask(
+            key, lambda con: records_page(con, collection, size + 1, after, did)
+        )
         page, more = rows[:size], len(rows) > size
         next_cursor = encode_cursor("records", page[-1].time_us, page[-1].uri) if more else None
         return RecordsPage(page, next_cursor, state)
 
 
-def _read_page(
-    reader: MirrorReader,
-    collection: str,
-    limit: int,
-    after: tuple[int, str] | None,
-    did: str | None,
-) -> list[Record]:
-    return reader.query(
-        ("records", collection, limit, after, did),
-        lambda con: records_page(con, collection, limit, after, did),
-    )
-
-
-def _resolve_did(reader: MirrorReader, did_or_handle: str) -> str:
+async def _resolve_did(reader: MirrorReader, did_or_handle: str) -> str:
     """A DID as given, or the DID of a handle the mirror knows; else a 400."""
     if is_valid_did(did_or_handle):
         return did_or_handle
     if _HANDLE.fullmatch(did_or_handle):
         handle = did_or_handle.lower()
-        did = reader.query(("handle", handle), lambda con: did_of_handle(con, handle))
+        did = await reader.ask(("handle", handle), lambda con: did_of_handle(con, handle))
         if did is not None:
             return did
     raise HTTPException(status_code=400, detail="Invalid did parameter")

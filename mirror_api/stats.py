@@ -8,20 +8,14 @@ from litestar.params import FromPath
 
 from mirror_api.params import require_tracked
 from mirror_api.queries import stats
-from mirror_api.reader import MirrorReader
 from mirror_api.responses import Stats
-from mirror_assets.config import Settings
+from mirror_api.services import Services
 
 
 class StatsController(Controller):
     path = "/stats"
 
-    @get("/{collection:str}", sync_to_thread=True, summary="Counts of a collection")
-    def stats(
-        self,
-        collection: FromPath[str],
-        reader: NamedDependency[MirrorReader],
-        settings: NamedDependency[Settings],
-    ) -> Stats:
-        require_tracked(collection, settings.collections)
-        return reader.query(("stats", collection), lambda con: stats(con, collection))
+    @get("/{collection:str}", summary="Counts of a collection")
+    async def stats(self, collection: FromPath[str], services: NamedDependency[Services]) -> Stats:
+        require_tracked(collection, services.settings.collections)
+        return await services.reader.ask(("stats", collection), lambda con: stats(con, collection))

@@ -8,26 +8,24 @@ from litestar.params import FromPath, FromQuery
 
 from mirror_api.params import decode_cursor, encode_cursor, parse_limit, require_tracked
 from mirror_api.queries import users_page
-from mirror_api.reader import MirrorReader
 from mirror_api.responses import UsersPage
-from mirror_assets.config import Settings
+from mirror_api.services import Services
 
 
 class UsersController(Controller):
     path = "/users"
 
-    @get("/{collection:str}", sync_to_thread=True, summary="Users of a collection")
-    def users(
+    @get("/{collection:str}", summary="Users of a collection")
+    async def users(
         self,
         collection: FromPath[str],
-        reader: NamedDependency[MirrorReader],
-        settings: NamedDependency[Settings],
+        services: NamedDependency[Services],
         limit: FromQuery[str | None] = None,
         cursor: FromQuery[str | None] = None,
     ) -> UsersPage:
-        require_tracked(collection, settings.collections)
+        require_tracked(collection, services.settings.collections)
         size, after = parse_limit(limit), decode_cursor(cursor, "users")
-        rows = reader.query(
+        rows = await services.reader.ask(
             ("users", collection, size, after),
             lambda con: users_page(con, collection, size + 1, after),
         )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 import duckdb
 import pyarrow as pa
@@ -167,6 +168,46 @@ WHERE s.uri IS NULL
        AND (i.deleted::INT, coalesce(i.cid, '')) > (s.deleted::INT, coalesce(s.cid, '')))
 """
 
+# What the commits change, per collection and UTC day of their time, for `daily_activity`.
+# Every version newer than the stored one counts against the state before it (the previous
+# such version of the batch, else the stored row): a create makes a live record where none
+# was (or a tombstone was), an update gives a live record a new CID, a delete tombstones a
+# live record or one never seen. Replays and re-reads of unchanged records count nothing,
+# and an edit in the same batch as its create still counts as an update.
+_LOG_ACTIVITY = """
+INSERT INTO activity_log
+WITH newer AS (
+    SELECT c.collection, c.time_us, c.deleted, c.cid,
+        lag(c.uri) OVER chain IS NOT NULL AS has_previous,
+        lag(c.deleted) OVER chain AS previous_deleted,
+        lag(c.cid) OVER chain AS previous_cid,
+        s.uri IS NOT NULL AS was_stored, s.deleted AS stored_deleted, s.cid AS stored_cid
+    FROM batch_commits c
+    JOIN incoming USING (uri)  -- leaves out accounts deleted for good
+    LEFT JOIN stored s ON s.uri = c.uri
+    WHERE s.uri IS NULL OR c.rev > s.rev
+       OR (c.rev = s.rev
+           AND (c.deleted::INT, coalesce(c.cid, '')) > (s.deleted::INT, coalesce(s.cid, '')))
+    WINDOW chain AS (
+        PARTITION BY c.uri ORDER BY c.rev, c.deleted::INT, coalesce(c.cid, ''), c.seq)
+), changes AS (
+    SELECT collection, time_us, deleted, cid,
+        CASE WHEN has_previous THEN NOT previous_deleted
+             ELSE was_stored AND NOT stored_deleted END AS was_live,
+        CASE WHEN has_previous THEN previous_deleted
+             ELSE was_stored AND stored_deleted END AS was_tombstone,
+        CASE WHEN has_previous THEN previous_cid ELSE stored_cid END AS was_cid
+    FROM newer
+)
+SELECT $source, collection, make_timestamp(time_us)::DATE AS day,
+    count(*) FILTER (WHERE NOT deleted AND NOT was_live) AS creates,
+    count(*) FILTER (WHERE NOT deleted AND was_live AND cid IS DISTINCT FROM was_cid) AS updates,
+    count(*) FILTER (WHERE deleted AND NOT was_tombstone) AS deletes
+FROM changes
+GROUP BY ALL
+HAVING creates + updates + deletes > 0
+"""
+
 _REPLACE_ROWS = """
 DELETE FROM record_versions
 WHERE rowid IN (SELECT replaces FROM winners WHERE replaces IS NOT NULL)
@@ -189,11 +230,12 @@ FROM batch_gaps
 
 # Events were lost, so any DID may have changed unseen: every backfill starts a new pass,
 # whose completion also removes what its listing no longer has. A DID gone for good stays so.
-_RESYNC_ALL = """
-UPDATE backfills SET status = 'pending', pds_cursor = NULL, repo_rev = NULL, pages = 0,
-    records = 0, attempts = 0, next_attempt_at = NULL, last_error = NULL, updated_at = now()
-WHERE status <> 'tombstoned'
-"""
+# A backfill made a new pass from the top: pending, no page cursor and no rev (the new pass
+# reads the repo's rev before its first page), counters and retries from zero.
+RESTART_PASS = """status = 'pending', pds_cursor = NULL, repo_rev = NULL, pages = 0,
+    records = 0, attempts = 0, next_attempt_at = NULL, last_error = NULL, updated_at = now()"""
+
+_RESYNC_ALL = f"UPDATE backfills SET {RESTART_PASS} WHERE status <> 'tombstoned'"
 
 _MOVE_CURSOR = """
 INSERT INTO ingest_state VALUES (1, $cursor, $endpoint, now())
@@ -257,7 +299,7 @@ def apply_batch(con: duckdb.DuckDBPyConnection, batch: EventBatch) -> ApplyResul
     if batch.identities.num_rows:
         result.handles_updated = _count(con.execute(_UPDATE_HANDLES).fetchall())
     if batch.commits.num_rows:
-        _apply_commits(con, batch.commits.num_rows, result, keep_time=False)
+        _apply_commits(con, batch.commits.num_rows, result, source="live")
     if batch.gaps:
         _record_gaps(con, batch)
         result.gaps = len(batch.gaps)
@@ -279,7 +321,7 @@ def apply_commits(con: duckdb.DuckDBPyConnection, commits: pa.Table) -> ApplyRes
     result = ApplyResult()
     if commits.num_rows:
         con.register("batch_commits", commits)
-        _apply_commits(con, commits.num_rows, result, keep_time=True)
+        _apply_commits(con, commits.num_rows, result, source="backfill")
         con.unregister("batch_commits")
     result.seconds = time.perf_counter() - started
     return result
@@ -300,12 +342,16 @@ def _apply_accounts(con: duckdb.DuckDBPyConnection, result: ApplyResult) -> None
 
 
 def _apply_commits(
-    con: duckdb.DuckDBPyConnection, commits: int, result: ApplyResult, keep_time: bool
+    con: duckdb.DuckDBPyConnection,
+    commits: int,
+    result: ApplyResult,
+    source: Literal["live", "backfill"],
 ) -> None:
     """Apply the registered `batch_commits` of `commits` rows."""
     con.execute(_STAGE_INCOMING).fetchall()
     con.execute(_FIND_STORED).fetchall()
-    con.execute(_PICK_WINNERS, {"keep_time": keep_time}).fetchall()
+    con.execute(_PICK_WINNERS, {"keep_time": source == "backfill"}).fetchall()
+    con.execute(_LOG_ACTIVITY, {"source": source}).fetchall()
     con.execute(_REPLACE_ROWS).fetchall()
     con.execute(_INSERT_WINNERS).fetchall()
     written, tombstoned = con.execute(_COUNT_WINNERS).fetchall()[0]

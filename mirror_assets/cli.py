@@ -9,10 +9,16 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from mirror_assets import admin
 from mirror_assets.config import ConfigError, Settings
+from mirror_assets.cursor_time import cursor_iso
+from mirror_assets.lock import LockTimeoutError
+from mirror_assets.sql_console import FORMATS, format_result, run_query
 from mirror_assets.status import MirrorStatus, read_status
 from mirror_assets.store import Store
 
@@ -21,9 +27,14 @@ class CommandError(RuntimeError):
     """A command cannot go on; the message tells the operator what to do."""
 
 
+def dagster_home_path() -> Path:
+    """DAGSTER_HOME, or `.dagster/` in the working directory (which may not exist yet)."""
+    return Path(os.environ.get("DAGSTER_HOME") or Path.cwd() / ".dagster").absolute()
+
+
 def dagster_home() -> Path:
-    """DAGSTER_HOME, or `.dagster/` in the working directory, holding a copy of dagster.yaml."""
-    home = Path(os.environ.get("DAGSTER_HOME") or Path.cwd() / ".dagster").absolute()
+    """The Dagster home, created if missing, holding a copy of dagster.yaml."""
+    home = dagster_home_path()
     home.mkdir(parents=True, exist_ok=True)
     config = Path.cwd() / "dagster.yaml"
     if config.is_file():
@@ -82,7 +93,11 @@ def cmd_api(settings: Settings, _: argparse.Namespace) -> int:
     import uvicorn
 
     uvicorn.run(
-        "mirror_api.app:create_app", factory=True, host=settings.api_host, port=settings.api_port
+        "mirror_api.app:create_app",
+        factory=True,
+        host=settings.api_host,
+        port=settings.api_port,
+        workers=settings.api_workers if settings.api_workers > 1 else None,
     )
     return 0
 
@@ -177,23 +192,175 @@ def cmd_init(settings: Settings, _: argparse.Namespace) -> int:
     return 0
 
 
+def _confirmed(args: argparse.Namespace, consequence: str, question: str) -> bool:
+    """Whether to go on: --yes, or "y" typed at the terminal. Asked before the lock is taken,
+    so a hesitating operator never holds up the writers."""
+    if args.yes:
+        return True
+    if not sys.stdin.isatty():
+        raise CommandError(f"this {consequence}: confirm with --yes")
+    answer = input(f"{question} [y/N] ")
+    if answer.strip().lower() in ("y", "yes"):
+        return True
+    print("nothing changed")
+    return False
+
+
 def cmd_reset(settings: Settings, args: argparse.Namespace) -> int:
-    if not args.yes:
-        if not sys.stdin.isatty():
-            raise CommandError("`mirror reset` deletes every record: confirm with --yes")
-        answer = input(f"Delete every record, cursor and backfill in {settings.db_path}? [y/N] ")
-        if answer.strip().lower() not in ("y", "yes"):
-            print("nothing changed")
-            return 1
+    if not _confirmed(
+        args,
+        "deletes every record",
+        f"Delete every record, cursor and backfill in {settings.db_path}?",
+    ):
+        return 1
     Store(settings.db_path).reset()
     print(f"{settings.db_path}: all data dropped, schema recreated; the next ingest starts live")
     return 0
 
 
+def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
+    """Every row of one collection, in every table that has a `collection` column."""
+    collection = admin.check_nsid(args.collection)
+    if not _confirmed(
+        args,
+        f"deletes every row of {collection}",
+        f"Delete every record, tombstone, backfill and summary of {collection} "
+        f"in {settings.db_path}?",
+    ):
+        return 1
+    with Store(settings.db_path).writing() as tx:
+        removed = admin.purge_collection(tx.con, collection)
+    print(f"{collection}: {sum(removed.values())} rows removed from {settings.db_path}")
+    width = max(map(len, removed), default=0)
+    for table, count in removed.items():
+        print(f"  {table:<{width}} {count:>10}")
+    print(_refill_note(settings, collection))
+    return 0
+
+
+def _refill_note(settings: Settings, collection: str) -> str:
+    tracked = settings.collections
+    if not tracked.matches(collection):
+        return f"{collection} is not tracked (COLLECTIONS={tracked}): nothing brings it back"
+    if collection in tracked.exact:
+        return (
+            f"{collection} is still tracked (COLLECTIONS={tracked}): the next ingest, "
+            "discovery and backfills fill it again"
+        )
+    return (
+        f"{collection} is still tracked (COLLECTIONS={tracked}): the next ingest fills it "
+        "again, and backfills of the DIDs it shows (a prefix.* collection is not discovered)"
+    )
+
+
+def cmd_reset_cursor(settings: Settings, args: argparse.Namespace) -> int:
+    """Delete the Jetstream cursor (the next run starts live), or set it to a time."""
+    target = None if args.to is None else admin.parse_cursor_time(args.to)
+    question = (
+        "Delete the cursor, so the next ingest starts at the live edge?"
+        if target is None
+        else f"Set the cursor to {_cursor_text(target)}?"
+    )
+    if not _confirmed(args, "moves the ingest cursor", question):
+        return 1
+    with Store(settings.db_path).writing() as tx:
+        old = admin.set_cursor(tx.con, target)
+    print(f"cursor: {_cursor_text(old)} -> {_cursor_text(target)}")
+    for line in _cursor_notes(old, target, time.time()):
+        print(line)
+    return 0
+
+
+def _cursor_text(time_us: int | None) -> str:
+    return "none" if time_us is None else f"{time_us} ({cursor_iso(time_us)})"
+
+
+def _cursor_notes(old: int | None, new: int | None, now: float) -> list[str]:
+    if new is None:
+        skipped = "" if old is None else f"; events after {cursor_iso(old)} are not read"
+        return [f"the next ingest starts at the live edge of the stream{skipped}"]
+    notes = [f"the next ingest reads the stream from {cursor_iso(new)}"]
+    if old is not None and new > old:
+        notes.append(
+            f"warning: the cursor moved forward; events after {cursor_iso(old)} "
+            "and before it are not read"
+        )
+    age = now - new / 1e6
+    keeps = "warning: " if age > admin.JETSTREAM_KEEPS_SECONDS else ""
+    notes.append(
+        f"{keeps}that is {age / 3600:.1f} h ago. Jetstream keeps about a day of events: from "
+        "an older cursor it starts later, which the ingest records as a cursor gap (and every "
+        "backfill starts again)"
+    )
+    return notes
+
+
+def cmd_reset_backfills(settings: Settings, args: argparse.Namespace) -> int:
+    """Backfills back to pending, paged again from the top by the backfill sensor's runs."""
+    from mirror_assets.identity import is_valid_did
+
+    if args.did is not None and not is_valid_did(args.did):
+        raise CommandError(f"{args.did!r} is not a DID (did:plc:... or did:web:...)")
+    selection = admin.BackfillSelection(
+        statuses=tuple(args.status or ()),
+        collection=None if args.collection is None else admin.check_nsid(args.collection),
+        did=args.did,
+    )
+    which = _selection_text(selection)
+    if not _confirmed(args, f"restarts {which}", f"Restart {which} from their first page?"):
+        return 1
+    with Store(settings.db_path).writing() as tx:
+        before = admin.reset_backfills(tx.con, selection)
+    if not before:
+        print(f"no backfills match ({which}): nothing changed")
+        return 0
+    print(f"{sum(before.values())} backfills set back to pending ({which}), by previous status:")
+    for status, count in before.items():
+        print(f"  {status:<12} {count:>8}")
+    print("the backfill sensor launches them within a minute while `mirror run` is up")
+    return 0
+
+
+def _selection_text(selection: admin.BackfillSelection) -> str:
+    parts = [f"status {' or '.join(selection.statuses)}"] if selection.statuses else []
+    parts += [
+        f"{name} {value}"
+        for name, value in (("collection", selection.collection), ("did", selection.did))
+        if value is not None
+    ]
+    return "backfills with " + ", ".join(parts) if parts else "every backfill"
+
+
+def cmd_sql(settings: Settings, args: argparse.Namespace) -> int:
+    """One read-only query, printed as a table, CSV or JSON."""
+    result = run_query(settings.db_path, args.query, args.max_rows)
+    sys.stdout.write(format_result(result, args.format))
+    more = "; more rows match: raise --max-rows" if result.truncated else ""
+    if args.format == "table":
+        print(f"({len(result.rows)} rows{more})")
+    elif result.truncated:
+        # On stderr, so the CSV or JSON on stdout stays whole and parseable.
+        print(f"mirror sql: only the first {len(result.rows)} rows{more}", file=sys.stderr)
+    return 0
+
+
 def cmd_status(settings: Settings, _: argparse.Namespace) -> int:
+    from mirror_assets.job_runs import job_names, last_runs
+
+    # The file first, under its read lock; then Dagster's storage, with the file let go.
     with Store(settings.db_path).reading() as con:
         status = read_status(con)
     print(format_status(settings, status))
+    home = dagster_home_path()
+    runs = last_runs(home, job_names(settings))
+    if runs is None:
+        print(f"last runs: no runs yet (no Dagster instance in {home})")
+        return 0
+    print(f"last runs ({home}):")
+    width = max((len(run.job) for run in runs), default=0)
+    now = time.time()
+    for run in runs:
+        print(f"  {run.job:<{width}} {run.describe(now)}")
     return 0
 
 
@@ -201,11 +368,16 @@ def format_status(settings: Settings, status: MirrorStatus) -> str:
     lines = [f"file: {settings.db_path} (schema {status.schema_version})"]
     lines.append(f"tracked collections: {settings.collections}")
     if status.cursor_us is None:
-        lines.append("cursor: none yet (no ingest has run)")
+        lines.append("cursor: none yet (the next ingest starts live)")
     else:
+        source = (
+            f"from {status.cursor_endpoint}"
+            if status.cursor_endpoint
+            else "set by `mirror reset-cursor`"
+        )
         lines.append(
             f"cursor: {status.cursor_us} ({status.cursor_iso}, {status.lag_seconds:.0f} s ago) "
-            f"from {status.cursor_endpoint}"
+            f"{source}"
         )
     lines.append(f"{'collection':<40} {'records':>10} {'hidden':>8} {'deleted':>8} {'users':>8}")
     for c in status.collections:
@@ -241,27 +413,103 @@ def _by_status(counts: dict[str, int]) -> str:
     return ", ".join(f"{status} {n}" for status, n in counts.items()) or "none"
 
 
+def _yes(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
+
+def _backfill_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("did", metavar="DID")
+    command.add_argument("--collection", help="one tracked collection (default: all)")
+
+
+def _purge_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("collection", metavar="COLLECTION", help="an NSID, e.g. app.blento.card")
+    _yes(command)
+
+
+def _reset_cursor_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--to",
+        metavar="TIME",
+        help="a time_us or an ISO 8601 time (UTC unless it says otherwise); "
+        "default: no cursor, the next ingest starts live",
+    )
+    _yes(command)
+
+
+def _reset_backfills_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--status",
+        action="append",
+        choices=admin.BACKFILL_STATUSES,
+        help="only backfills in this status (repeatable; default: every status)",
+    )
+    command.add_argument("--collection", help="only backfills of this collection")
+    command.add_argument("--did", help="only backfills of this DID")
+    _yes(command)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return int(text)
+
+
+def _sql_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("query", metavar="QUERY", help="one SELECT (or EXPLAIN) statement")
+    command.add_argument("--format", choices=FORMATS, default="table")
+    command.add_argument(
+        "--max-rows", type=_positive, default=1000, help="print at most this many rows (1000)"
+    )
+
+
+def _no_arguments(_: argparse.ArgumentParser) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Command:
+    run: Callable[[Settings, argparse.Namespace], int]
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None] = _no_arguments
+
+
 COMMANDS = {
-    "run": (cmd_run, "start Dagster (webserver and daemon) and the API; Ctrl-C stops both"),
-    "api": (cmd_api, "serve the API alone"),
-    "ingest": (cmd_ingest, "run one ingest cycle now, through Dagster"),
-    "backfill": (cmd_backfill, "list one DID's collections from its PDS now, through Dagster"),
-    "init": (cmd_init, "create or migrate the DuckDB schema"),
-    "reset": (cmd_reset, "drop all data and recreate the schema"),
-    "status": (cmd_status, "counts per collection, cursor and lag, backfills"),
+    "run": Command(cmd_run, "start Dagster (webserver and daemon) and the API; Ctrl-C stops both"),
+    "api": Command(cmd_api, "serve the API alone"),
+    "ingest": Command(cmd_ingest, "run one ingest cycle now, through Dagster"),
+    "backfill": Command(
+        cmd_backfill,
+        "list one DID's collections from its PDS now, through Dagster",
+        _backfill_arguments,
+    ),
+    "init": Command(cmd_init, "create or migrate the DuckDB schema"),
+    "reset": Command(cmd_reset, "drop all data and recreate the schema", _yes),
+    "status": Command(cmd_status, "counts per collection, cursor and lag, backfills, last runs"),
+    "sql": Command(
+        cmd_sql, "run one read-only query, printed as a table, CSV or JSON", _sql_arguments
+    ),
+    "purge": Command(
+        cmd_purge, "delete every row of one collection from every table", _purge_arguments
+    ),
+    "reset-cursor": Command(
+        cmd_reset_cursor,
+        "delete the ingest cursor (start live) or set it to a time",
+        _reset_cursor_arguments,
+    ),
+    "reset-backfills": Command(
+        cmd_reset_backfills,
+        "set backfills back to pending, to be listed again from the first page",
+        _reset_backfills_arguments,
+    ),
 }
 
 
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="mirror", description=__doc__)
     sub = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (_, help_text) in COMMANDS.items():
-        command = sub.add_parser(name, help=help_text, description=help_text)
-        if name == "reset":
-            command.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-        if name == "backfill":
-            command.add_argument("did", metavar="DID")
-            command.add_argument("--collection", help="one tracked collection (default: all)")
+    for name, command in COMMANDS.items():
+        command.arguments(sub.add_parser(name, help=command.help, description=command.help))
     return root
 
 
@@ -271,8 +519,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
     try:
         settings = Settings.from_env()
-        return COMMANDS[args.command][0](settings, args)
-    except (CommandError, ConfigError, ValueError) as error:
+        return COMMANDS[args.command].run(settings, args)
+    except (CommandError, ConfigError, ValueError, LockTimeoutError) as error:
         print(f"mirror {args.command}: {error}", file=sys.stderr)
         return 2
 

@@ -47,6 +47,13 @@ def _number(name: str, default: float) -> float:
     return value
 
 
+def _cron(name: str, value: str) -> str:
+    """A five-field cron expression, checked only for its shape: Dagster parses the rest."""
+    if len(value.split()) != 5:
+        raise ConfigError(f"{name}={value!r} is not a cron expression of five fields")
+    return value
+
+
 @dataclass(frozen=True)
 class IngestLimits:
     """When one ingest cycle stops reading and how it resumes (DESIGN section 6)."""
@@ -100,6 +107,29 @@ class BackfillLimits:
 
 
 @dataclass(frozen=True)
+class CheckLimits:
+    """When the asset checks warn and when they fail (docs/operations.md)."""
+
+    lag_warn_seconds: float = 300.0  # the cursor this far behind the clock warns
+    lag_fail_seconds: float = 3_600.0  # and this far fails
+    failed_backfills_warn: int = 10  # backfills in status `failed` that warn
+    failed_backfills_fail: int = 1_000  # and that fail
+
+    @classmethod
+    def from_env(cls) -> CheckLimits:
+        return cls(
+            lag_warn_seconds=_number("CHECK_LAG_WARN_SECONDS", cls.lag_warn_seconds),
+            lag_fail_seconds=_number("CHECK_LAG_FAIL_SECONDS", cls.lag_fail_seconds),
+            failed_backfills_warn=int(
+                _number("CHECK_FAILED_BACKFILLS_WARN", cls.failed_backfills_warn)
+            ),
+            failed_backfills_fail=int(
+                _number("CHECK_FAILED_BACKFILLS_FAIL", cls.failed_backfills_fail)
+            ),
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the mirror needs to know about where it reads and writes."""
 
@@ -113,11 +143,15 @@ class Settings:
     allow_private_network: bool = False
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    api_workers: int = 1  # API server processes; each keeps its own answers
     dagster_port: int = 3000
     dagster_url: str = ""  # where the API asks for backfills; "" is the local `mirror run`
     backfill_wait_seconds: float = 10.0  # how long `?did=` waits for a backfill it asked for
+    export_dir: Path = Path("data/exports")  # Parquet snapshots, one folder per collection
+    export_cron: str = "41 * * * *"  # when the snapshots are written (UTC)
     ingest: IngestLimits = field(default_factory=IngestLimits)
     backfill: BackfillLimits = field(default_factory=BackfillLimits)
+    checks: CheckLimits = field(default_factory=CheckLimits)
 
     @property
     def dagster_graphql_url(self) -> str:
@@ -146,9 +180,13 @@ class Settings:
             allow_private_network=get("MIRROR_ALLOW_PRIVATE_NETWORK", "") == "1",
             api_host=get("API_HOST", "") or cls.api_host,
             api_port=int(_number("API_PORT", cls.api_port)),
+            api_workers=int(_number("API_WORKERS", cls.api_workers)),
             dagster_port=int(_number("DAGSTER_PORT", cls.dagster_port)),
             dagster_url=get("DAGSTER_URL", "") or cls.dagster_url,
             backfill_wait_seconds=_number("API_BACKFILL_WAIT_SECONDS", cls.backfill_wait_seconds),
+            export_dir=Path(get("EXPORT_DIR", "") or cls.export_dir),
+            export_cron=_cron("EXPORT_CRON", get("EXPORT_CRON", "") or cls.export_cron),
             ingest=IngestLimits.from_env(),
             backfill=BackfillLimits.from_env(),
+            checks=CheckLimits.from_env(),
         )

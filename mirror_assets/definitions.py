@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import dagster as dg
 
+from mirror_assets.analytics_assets import collection_summaries, daily_activity
+from mirror_assets.asset_checks import cursor_fresh, few_failed_backfills, records_integrity
 from mirror_assets.backfill_asset import did_backfill, pds
 from mirror_assets.discovery_asset import discovered_repos, relay
-from mirror_assets.jobs import backfill_job, discovery_job, ingest_job
+from mirror_assets.exports_asset import parquet_exports
+from mirror_assets.jobs import backfill_job, checks_job, discovery_job, export_job, ingest_job
 from mirror_assets.records_asset import jetstream, records
 from mirror_assets.resources import MirrorResource
-from mirror_assets.schedules import discovery_daily, ingest_every_minute
+from mirror_assets.schedules import (
+    checks_hourly,
+    discovery_daily,
+    exports_schedule,
+    ingest_every_minute,
+)
 from mirror_assets.sensors import backfill_sensor, discovery_sensor
-from mirror_assets.summaries_asset import collection_summaries
 
 
 def build_definitions(mirror: MirrorResource) -> dg.Definitions:
@@ -24,9 +31,17 @@ def build_definitions(mirror: MirrorResource) -> dg.Definitions:
             discovered_repos,
             did_backfill,
             collection_summaries,
+            daily_activity,
+            parquet_exports,
         ],
-        jobs=[ingest_job, backfill_job, discovery_job],
-        schedules=[ingest_every_minute, discovery_daily],
+        asset_checks=[cursor_fresh, records_integrity, few_failed_backfills],
+        jobs=[ingest_job, backfill_job, discovery_job, checks_job, export_job],
+        schedules=[
+            ingest_every_minute,
+            discovery_daily,
+            checks_hourly,
+            exports_schedule(mirror.export_cron),
+        ],
         sensors=[backfill_sensor, discovery_sensor],
         resources={"mirror": mirror},
     )

@@ -3,15 +3,19 @@ many runs of each kind share the DuckDB file's writer lock at once."""
 
 import dagster as dg
 
+from mirror_assets.analytics_assets import collection_summaries, daily_activity
+from mirror_assets.asset_checks import cursor_fresh, few_failed_backfills, records_integrity
 from mirror_assets.backfill_asset import did_backfill
 from mirror_assets.discovery_asset import discovered_repos
+from mirror_assets.exports_asset import parquet_exports
 from mirror_assets.records_asset import records
-from mirror_assets.summaries_asset import collection_summaries
 
 WRITER_TAG = "mirror/writer"
 INGEST_JOB = "ingest"
 BACKFILL_JOB = "backfill"
 DISCOVERY_JOB = "discovery"
+CHECKS_JOB = "checks"
+EXPORT_JOB = "export"
 IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
@@ -22,8 +26,15 @@ IN_FLIGHT = [
 
 ingest_job = dg.define_asset_job(
     INGEST_JOB,
-    selection=[records, collection_summaries],
-    description="One Jetstream ingest cycle into `records`, then the summaries behind the API.",
+    # The scanning checks of `records` run hourly in `checks_job`, not every minute.
+    selection=(
+        dg.AssetSelection.assets(records, collection_summaries, daily_activity).without_checks()
+        | dg.AssetSelection.checks(cursor_fresh)
+    ),
+    description=(
+        "One Jetstream ingest cycle into `records`, then the analytics tables and the "
+        "freshness check."
+    ),
     tags={WRITER_TAG: INGEST_JOB},
     # One step: a subprocess per step would add a second interpreter start to every minute.
     executor_def=dg.in_process_executor,
@@ -31,7 +42,7 @@ ingest_job = dg.define_asset_job(
 
 backfill_job = dg.define_asset_job(
     BACKFILL_JOB,
-    selection=[did_backfill],
+    selection=dg.AssetSelection.assets(did_backfill).without_checks(),
     description="Backfill a range of DIDs from their PDSes.",
     tags={WRITER_TAG: BACKFILL_JOB},
     executor_def=dg.in_process_executor,
@@ -42,6 +53,22 @@ discovery_job = dg.define_asset_job(
     selection=[discovered_repos],
     description="Queue every repo the relay lists for a tracked collection.",
     tags={WRITER_TAG: DISCOVERY_JOB},
+    executor_def=dg.in_process_executor,
+)
+
+
+checks_job = dg.define_asset_job(
+    CHECKS_JOB,
+    selection=dg.AssetSelection.checks(records_integrity, few_failed_backfills),
+    description="The integrity and backfill checks, which read the whole file.",
+    executor_def=dg.in_process_executor,
+)
+
+# Exports only read the file: they take no writer slot.
+export_job = dg.define_asset_job(
+    EXPORT_JOB,
+    selection=[parquet_exports],
+    description="Parquet snapshots of every tracked collection, for analysts.",
     executor_def=dg.in_process_executor,
 )
 

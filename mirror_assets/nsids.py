@@ -14,6 +14,11 @@ _PREFIX = re.compile(rf"^{_SEGMENT}(?:\.{_SEGMENT})*\.\*$")
 MAX_COLLECTIONS = 100  # Jetstream's own limit on wantedCollections
 
 
+def is_nsid(text: str) -> bool:
+    """One exact NSID (no wildcard, no list)."""
+    return _NSID.fullmatch(text) is not None
+
+
 @dataclass(frozen=True)
 class CollectionFilter:
     """The set of collections the mirror tracks."""

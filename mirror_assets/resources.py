@@ -4,20 +4,23 @@ from __future__ import annotations
 
 from dataclasses import asdict, fields
 from pathlib import Path
+from typing import TypeVar
 
 import dagster as dg
 
-from mirror_assets.config import BackfillLimits, IngestLimits, Settings
+from mirror_assets.config import BackfillLimits, CheckLimits, IngestLimits, Settings
 from mirror_assets.nsids import CollectionFilter
+
+L = TypeVar("L", IngestLimits, BackfillLimits, CheckLimits)
 
 
 class MirrorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     """Where the mirror reads (Jetstream, PLC, PDSes, the relay) and writes (the DuckDB file),
-    with its ingest and backfill limits.
+    with its ingest, backfill and check limits and where its Parquet snapshots go.
 
     Defaults come from the environment (COLLECTIONS, JETSTREAM_URLS, MIRROR_DB, PLC_URL,
-    RELAY_URL, MIRROR_ALLOW_PRIVATE_NETWORK, INGEST_*, BACKFILL_*) when the code location
-    loads; see `MirrorResource.from_env`.
+    RELAY_URL, MIRROR_ALLOW_PRIVATE_NETWORK, EXPORT_DIR, EXPORT_CRON, INGEST_*, BACKFILL_*,
+    CHECK_*) when the code location loads; see `MirrorResource.from_env`.
     """
 
     db_path: str
@@ -26,6 +29,8 @@ class MirrorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     plc_url: str = Settings.plc_url
     relay_url: str = Settings.relay_url
     allow_private_network: bool = False
+    export_dir: str = str(Settings.export_dir)
+    export_cron: str = Settings.export_cron
     # IngestLimits
     rewind_seconds: float = IngestLimits.rewind_seconds
     idle_seconds: float = IngestLimits.idle_seconds
@@ -43,6 +48,11 @@ class MirrorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     run_seconds: float = BackfillLimits.run_seconds
     retry_seconds: float = BackfillLimits.retry_seconds
     identity_ttl_seconds: float = BackfillLimits.identity_ttl_seconds
+    # CheckLimits
+    lag_warn_seconds: float = CheckLimits.lag_warn_seconds
+    lag_fail_seconds: float = CheckLimits.lag_fail_seconds
+    failed_backfills_warn: int = CheckLimits.failed_backfills_warn
+    failed_backfills_fail: int = CheckLimits.failed_backfills_fail
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MirrorResource:
@@ -53,8 +63,11 @@ class MirrorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             plc_url=settings.plc_url,
             relay_url=settings.relay_url,
             allow_private_network=settings.allow_private_network,
+            export_dir=str(settings.export_dir),
+            export_cron=settings.export_cron,
             **asdict(settings.ingest),
             **asdict(settings.backfill),
+            **asdict(settings.checks),
         )
 
     @classmethod
@@ -69,8 +82,13 @@ class MirrorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             plc_url=self.plc_url,
             relay_url=self.relay_url,
             allow_private_network=self.allow_private_network,
-            ingest=IngestLimits(**{f.name: getattr(self, f.name) for f in fields(IngestLimits)}),
-            backfill=BackfillLimits(
-                **{f.name: getattr(self, f.name) for f in fields(BackfillLimits)}
-            ),
+            export_dir=Path(self.export_dir),
+            export_cron=self.export_cron,
+            ingest=self._limits(IngestLimits),
+            backfill=self._limits(BackfillLimits),
+            checks=self._limits(CheckLimits),
         )
+
+    def _limits(self, kind: type[L]) -> L:
+        """One of the limits dataclasses, from the fields of the same names."""
+        return kind(**{f.name: getattr(self, f.name) for f in fields(kind)})

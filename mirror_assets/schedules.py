@@ -1,9 +1,16 @@
-"""The minute ingest schedule, which skips a tick while an ingest is in flight, and the daily
-discovery pass."""
+"""The minute ingest schedule, which skips a tick while an ingest is in flight, the daily
+discovery pass, the hourly checks, and the Parquet exports (EXPORT_CRON)."""
 
 import dagster as dg
 
-from mirror_assets.jobs import INGEST_JOB, discovery_job, in_flight, ingest_job
+from mirror_assets.jobs import (
+    INGEST_JOB,
+    checks_job,
+    discovery_job,
+    export_job,
+    in_flight,
+    ingest_job,
+)
 
 
 @dg.schedule(
@@ -28,3 +35,24 @@ discovery_daily = dg.ScheduleDefinition(
     default_status=dg.DefaultScheduleStatus.RUNNING,
     description="Once a day: ask the relay for every repo of each tracked collection.",
 )
+
+checks_hourly = dg.ScheduleDefinition(
+    name="checks_hourly",
+    job=checks_job,
+    cron_schedule="29 * * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Every hour: the integrity checks of `records` and the failed-backfill check.",
+)
+
+
+def exports_schedule(cron: str) -> dg.ScheduleDefinition:
+    """The Parquet exports at the operator's EXPORT_CRON."""
+    return dg.ScheduleDefinition(
+        name="parquet_exports_schedule",
+        job=export_job,
+        cron_schedule=cron,
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=f"Parquet snapshots of every tracked collection ({cron}, UTC).",
+    )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import duckdb
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Each entry upgrades the schema by one version; entry i takes version i to version i + 1.
 MIGRATIONS: tuple[str, ...] = (
@@ -121,6 +121,31 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX record_versions_did ON record_versions (did);
     """,
+    # Version 4: the first record time per collection, and the apply log behind daily
+    # activity: each transaction appends what it changed per collection and day (apply.py),
+    # and the `daily_activity` asset rolls the log up (activity.py).
+    """
+    ALTER TABLE collection_stats ADD COLUMN first_record_time_us BIGINT;
+
+    CREATE TABLE activity_log (
+        source VARCHAR NOT NULL,  -- 'live' (Jetstream) or 'backfill' (a PDS listing)
+        collection VARCHAR NOT NULL,
+        day DATE NOT NULL,  -- UTC day of the version's time_us
+        creates BIGINT NOT NULL,
+        updates BIGINT NOT NULL,
+        deletes BIGINT NOT NULL
+    );
+
+    CREATE TABLE daily_activity (
+        collection VARCHAR NOT NULL,
+        day DATE NOT NULL,
+        creates BIGINT NOT NULL,
+        updates BIGINT NOT NULL,
+        deletes BIGINT NOT NULL,
+        backfilled_creates BIGINT NOT NULL,  -- of `creates`, those first found by a backfill
+        PRIMARY KEY (collection, day)
+    );
+    """,
 )
 
 TABLES = (
@@ -132,6 +157,8 @@ TABLES = (
     "discovery_state",
     "user_counts",
     "collection_stats",
+    "activity_log",
+    "daily_activity",
     "meta",
 )
 VIEWS = ("records", "tombstones")

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -18,25 +17,12 @@ import pytest
 
 from mirror_assets.config import Settings
 from mirror_assets.discovery import run_discovery
+from mirror_assets.job_runs import job_names
 from mirror_assets.store import Store
 from tests.atproto_server import AtprotoStandIn
+from tests.cli_helpers import MIRROR, OTHER, make_project, mirror
 from tests.events_factory import CARD, PAGE, account, at, create, did
 from tests.jetstream_server import JetstreamServer
-
-PROJECT = Path(__file__).resolve().parent.parent
-MIRROR = str(Path(sys.executable).parent / "mirror")
-
-
-def mirror(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [MIRROR, *args],
-        cwd=cwd,
-        env={**os.environ, "MIRROR_DB": str(cwd / "data" / "mirror.duckdb"), **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def run_statuses(project: Path, job: str = "ingest") -> list[dg.DagsterRunStatus]:
@@ -48,11 +34,7 @@ def run_statuses(project: Path, job: str = "ingest") -> list[dg.DagsterRunStatus
 
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A working folder like the project root: dagster.yaml and workspace.yaml, no data."""
-    for name in ("dagster.yaml", "workspace.yaml"):
-        shutil.copyfile(PROJECT / name, tmp_path / name)
-    monkeypatch.delenv("DAGSTER_HOME", raising=False)
-    return tmp_path
+    return make_project(tmp_path, monkeypatch)
 
 
 def test_init_then_status_on_an_empty_mirror(project: Path) -> None:
@@ -65,6 +47,11 @@ def test_init_then_status_on_an_empty_mirror(project: Path) -> None:
     assert status.returncode == 0, status.stderr
     assert "cursor: none yet" in status.stdout
     assert "backfills: none (0 records in 0 pages)" in status.stdout
+    # No command has used Dagster here yet, so there is no instance to read runs from.
+    assert f"last runs: no runs yet (no Dagster instance in {project / '.dagster'})" in (
+        status.stdout
+    )
+    assert not (project / ".dagster").exists()  # and reading the status made none
 
 
 def test_ingest_runs_through_dagster_and_status_shows_it(project: Path) -> None:
@@ -90,6 +77,29 @@ def test_ingest_runs_through_dagster_and_status_shows_it(project: Path) -> None:
     assert "accounts: active 1, takendown 1" in status.stdout
     assert "backfills: pending 2" in status.stdout
     assert f"cursor: {at(4)} " in status.stdout
+    runs = _last_runs(status.stdout)
+    with dg.DagsterInstance.from_config(str(project / ".dagster")) as instance:
+        [ingest] = instance.get_run_records(filters=dg.RunsFilter(job_name="ingest"))
+    assert ingest.start_time is not None and ingest.end_time is not None
+    started = datetime.fromtimestamp(ingest.start_time, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    took = ingest.end_time - ingest.start_time
+    assert runs["ingest"] == f"success, started {started}, took {took:.1f} s"
+    # Every job of the Definitions has a line, whether it ran or not.
+    assert set(runs) == set(job_names(Settings())) >= {"ingest", "backfill", "discovery"}
+    assert runs["backfill"] == runs["discovery"] == "no runs yet"
+
+
+def _last_runs(status: str) -> dict[str, str]:
+    """`mirror status`'s last run of each job: job -> description."""
+    lines = status.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("last runs ("))
+    runs = {}
+    for line in lines[start + 1 :]:
+        if not line.startswith("  "):
+            break
+        job, description = line.strip().split(" ", 1)
+        runs[job] = description.strip()
+    return runs
 
 
 def test_ingest_with_no_jetstream_fails_with_a_clear_error(project: Path) -> None:
@@ -125,7 +135,6 @@ def test_reset_asks_first_and_then_empties_the_mirror(project: Path) -> None:
 
 
 ALICE = did("a" * 24)
-OTHER = "app.other.thing"
 
 
 def test_backfill_lists_a_did_through_dagster_and_status_shows_it(project: Path) -> None:

@@ -40,22 +40,25 @@ def _mixed_file(db: Path) -> None:
     )
 
 
-def _live(db: Path) -> tuple[list[tuple[str, str, int]], list[tuple[str, int, int, int]]]:
+def _live(db: Path) -> tuple[list[tuple[str, str, int]], list[tuple[str, int, int, int, int]]]:
     with Store(db).reading() as con:
         users = con.execute(
             "SELECT collection, did, count(*) FROM records GROUP BY ALL ORDER BY ALL"
         ).fetchall()
         stats = con.execute(
-            "SELECT collection, count(DISTINCT did), count(*), max(time_us) FROM records "
-            "GROUP BY collection ORDER BY collection"
+            "SELECT collection, count(DISTINCT did), count(*), min(time_us), max(time_us) "
+            "FROM records GROUP BY collection ORDER BY collection"
         ).fetchall()
     return users, stats
 
 
-def _summaries(db: Path) -> tuple[list[tuple[str, str, int]], list[tuple[str, int, int, int]]]:
+def _summaries(db: Path) -> tuple[list[tuple[str, str, int]], list[tuple[str, int, int, int, int]]]:
     with Store(db).reading() as con:
         users = con.execute("SELECT * FROM user_counts ORDER BY ALL").fetchall()
-        stats = con.execute("SELECT * FROM collection_stats ORDER BY collection").fetchall()
+        stats = con.execute(
+            "SELECT collection, unique_users, total_records, first_record_time_us, "
+            "last_record_time_us FROM collection_stats ORDER BY collection"
+        ).fetchall()
     return users, stats
 
 
