@@ -9,7 +9,14 @@ from mirror_assets.asset_checks import cursor_fresh, few_failed_backfills, recor
 from mirror_assets.backfill_asset import did_backfill, pds
 from mirror_assets.discovery_asset import discovered_repos, relay
 from mirror_assets.exports_asset import parquet_exports
-from mirror_assets.jobs import backfill_job, checks_job, discovery_job, export_job, ingest_job
+from mirror_assets.jobs import (
+    backfill_job,
+    checks_job,
+    discovery_job,
+    export_job,
+    ingest_job,
+    recluster_job,
+)
 from mirror_assets.records_asset import jetstream, records
 from mirror_assets.resources import MirrorResource
 from mirror_assets.schedules import (
@@ -17,6 +24,7 @@ from mirror_assets.schedules import (
     discovery_daily,
     exports_schedule,
     ingest_every_minute,
+    recluster_daily,
 )
 from mirror_assets.sensors import backfill_sensor, discovery_sensor
 
@@ -35,12 +43,13 @@ def build_definitions(mirror: MirrorResource) -> dg.Definitions:
             parquet_exports,
         ],
         asset_checks=[cursor_fresh, records_integrity, few_failed_backfills],
-        jobs=[ingest_job, backfill_job, discovery_job, checks_job, export_job],
+        jobs=[ingest_job, backfill_job, discovery_job, checks_job, export_job, recluster_job],
         schedules=[
             ingest_every_minute,
             discovery_daily,
             checks_hourly,
             exports_schedule(mirror.export_cron),
+            recluster_daily,
         ],
         sensors=[backfill_sensor, discovery_sensor],
         resources={"mirror": mirror},

@@ -130,6 +130,7 @@ class BatchWriter:
 
 async def ingest(settings: Settings, store: Store) -> IngestReport:
     started = time.monotonic()
+    started_us = time.time_ns() // 1000
     cursor_before = await asyncio.to_thread(store.cursor_us)
     reader = JetstreamReader(
         settings.jetstream_urls, settings.collections, settings.ingest, cursor_before
@@ -139,7 +140,9 @@ async def ingest(settings: Settings, store: Store) -> IngestReport:
     writer = BatchWriter(store, report)
     try:
         try:
+            read_anything = False
             async for delivery in reader.deliveries():
+                read_anything = True
                 if delivery.gap is not None:
                     builder.note_gap(delivery.gap)
                 if delivery.event is not None:
@@ -147,6 +150,11 @@ async def ingest(settings: Settings, store: Store) -> IngestReport:
                 builder.advance(delivery.time_us, delivery.endpoint)
                 if len(builder) >= settings.ingest.flush_events:
                     await writer.submit(builder.build())
+            if cursor_before is None and not read_anything:
+                # A first cycle on a quiet stream read nothing: without a cursor, the next one
+                # would start at the live edge again and never read what happened in between.
+                # The local clock stands in for the stream's; the rewind covers the difference.
+                builder.advance(started_us, reader.stats.endpoint or settings.jetstream_urls[0])
         finally:
             # What was read before an error is applied: it is valid, and the cursor says so.
             await writer.finish(builder.build() if builder.has_pending else None)

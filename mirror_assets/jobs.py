@@ -6,6 +6,7 @@ import dagster as dg
 from mirror_assets.analytics_assets import collection_summaries, daily_activity
 from mirror_assets.asset_checks import cursor_fresh, few_failed_backfills, records_integrity
 from mirror_assets.backfill_asset import did_backfill
+from mirror_assets.clustering_op import recluster_records
 from mirror_assets.discovery_asset import discovered_repos
 from mirror_assets.exports_asset import parquet_exports
 from mirror_assets.records_asset import records
@@ -16,6 +17,7 @@ BACKFILL_JOB = "backfill"
 DISCOVERY_JOB = "discovery"
 CHECKS_JOB = "checks"
 EXPORT_JOB = "export"
+RECLUSTER_JOB = "recluster"
 IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
@@ -71,6 +73,16 @@ export_job = dg.define_asset_job(
     description="Parquet snapshots of every tracked collection, for analysts.",
     executor_def=dg.in_process_executor,
 )
+
+
+@dg.job(
+    name=RECLUSTER_JOB,
+    description="Put the records table back in time order, so pages read few row groups.",
+    tags={WRITER_TAG: RECLUSTER_JOB},
+    executor_def=dg.in_process_executor,
+)
+def recluster_job() -> None:
+    recluster_records()
 
 
 def in_flight(instance: dg.DagsterInstance, job_name: str) -> list[dg.DagsterRun]:

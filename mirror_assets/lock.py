@@ -104,3 +104,36 @@ def read_lock(db_path: Path, timeout: float = 120.0) -> Iterator[LockWait]:
         yield wait
     finally:
         os.close(rw)
+
+
+class LingeringRead:
+    """A reader's shared hold on the file, kept between its requests (the API's, which keeps
+    the file attached a moment after the last one: attaching again costs more than most
+    answers), and given up the moment a writer waits.
+
+    A writer that waits holds the gate exclusively: `writer_waiting` sees that without
+    taking anything a writer needs.
+    """
+
+    def __init__(self, db_path: Path) -> None:
+        gate_path, rw_path = _lock_files(db_path)
+        self._gate, self._rw = _open(gate_path), _open(rw_path)
+
+    def take(self) -> None:
+        """Hold the file shared; only while inside `read_lock`, so no writer is inside."""
+        fcntl.flock(self._rw, fcntl.LOCK_SH | fcntl.LOCK_NB)
+
+    def release(self) -> None:
+        fcntl.flock(self._rw, fcntl.LOCK_UN)
+
+    def writer_waiting(self) -> bool:
+        try:
+            fcntl.flock(self._gate, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(self._gate, fcntl.LOCK_UN)
+        return False
+
+    def close(self) -> None:
+        os.close(self._rw)
+        os.close(self._gate)

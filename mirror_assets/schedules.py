@@ -1,5 +1,5 @@
 """The minute ingest schedule, which skips a tick while an ingest is in flight, the daily
-discovery pass, the hourly checks, and the Parquet exports (EXPORT_CRON)."""
+discovery pass and reclustering, the hourly checks, and the Parquet exports (EXPORT_CRON)."""
 
 import dagster as dg
 
@@ -10,6 +10,7 @@ from mirror_assets.jobs import (
     export_job,
     in_flight,
     ingest_job,
+    recluster_job,
 )
 
 
@@ -56,3 +57,13 @@ def exports_schedule(cron: str) -> dg.ScheduleDefinition:
         default_status=dg.DefaultScheduleStatus.RUNNING,
         description=f"Parquet snapshots of every tracked collection ({cron}, UTC).",
     )
+
+
+recluster_daily = dg.ScheduleDefinition(
+    name="recluster_daily",
+    job=recluster_job,
+    cron_schedule="23 3 * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Once a day: put the rows backfills added out of time order back in order.",
+)

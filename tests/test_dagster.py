@@ -151,3 +151,4 @@ def test_dagster_yaml_limits_writer_runs_as_the_sensor_does(tmp_path: Path) -> N
     assert {"key": "mirror/writer", "value": "ingest", "limit": 1} in limits
     assert {"key": "mirror/writer", "value": "backfill", "limit": MAX_BACKFILL_RUNS} in limits
     assert {"key": "mirror/writer", "value": "discovery", "limit": 1} in limits
+    assert {"key": "mirror/writer", "value": "recluster", "limit": 1} in limits

@@ -76,6 +76,12 @@ def test_the_scanning_checks_run_hourly_and_the_exports_on_their_cron() -> None:
     assert (hourly.job_name, hourly.default_status) == ("checks", dg.DefaultScheduleStatus.RUNNING)
     exports = defs.resolve_schedule_def("parquet_exports_schedule")
     assert (exports.job_name, exports.cron_schedule) == ("export", "41 * * * *")
+    recluster = defs.resolve_schedule_def("recluster_daily")
+    assert (recluster.job_name, recluster.default_status) == (
+        "recluster",
+        dg.DefaultScheduleStatus.RUNNING,
+    )
+    assert defs.resolve_job_def("recluster").tags["mirror/writer"] == "recluster"
     # Exports and checks only read: they take no writer slot.
     for job in ("checks", "export"):
         assert "mirror/writer" not in defs.resolve_job_def(job).tags

@@ -519,15 +519,24 @@ def test_events_read_before_every_endpoint_failed_are_committed(
 # -- when a cycle stops ----------------------------------------------------------------------
 
 
-def test_a_quiet_stream_stops_by_the_idle_rule(server: JetstreamServer, db: Path) -> None:
+def test_a_quiet_stream_stops_by_the_idle_rule_and_the_next_cycle_resumes_from_its_start(
+    server: JetstreamServer, db: Path
+) -> None:
+    before_us = time.time_ns() // 1000
     report = run_ingest(settings(db, server.url))
-    assert counts(report, "frames", "stop_reason", "flushes", "cursor_after") == {
+    assert counts(report, "frames", "stop_reason", "flushes") == {
         "frames": 0,
         "stop_reason": "idle",
-        "flushes": 0,
-        "cursor_after": None,
+        "flushes": 1,
     }
-    assert snapshot(db) == Snapshot()
+    # A first cycle that read nothing keeps the time it started as the cursor, so the next
+    # cycle reads what happened in between instead of starting at the live edge again.
+    assert report.cursor_after is not None
+    assert before_us <= report.cursor_after <= time.time_ns() // 1000
+    assert snapshot(db) == Snapshot(cursor=report.cursor_after, endpoint=server.url)
+    run_ingest(settings(db, server.url))
+    assert server.requests[1].cursor == rewound(report.cursor_after)
+    assert snapshot(db).cursor == report.cursor_after  # a quiet cycle with a cursor keeps it
 
 
 def test_an_event_from_after_the_start_stops_the_run(server: JetstreamServer, db: Path) -> None:

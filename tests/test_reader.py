@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import pytest
 
 from mirror_api import reader as reader_module
 from mirror_api.reader import MirrorReader
+from mirror_assets.lock import write_lock
+from tests.api_helpers import open_files_of
 from tests.events_factory import create, did
 from tests.store_helpers import apply_events
 
@@ -63,4 +66,28 @@ def test_before_the_file_exists_an_empty_mirror_answers(tmp_path: Path) -> None:
     assert not db.exists()  # the API never creates the file
     apply_events(db, [create(ALICE, "a1", rev=1, t=1)])
     assert reader.query("count", _counter(calls, "file")) == 1
+    reader.close()
+
+
+def test_the_file_stays_attached_between_close_requests_and_a_writer_ends_that(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "mirror.duckdb"
+    apply_events(db, [create(ALICE, "a1", rev=1, t=1)])
+    reader, calls = MirrorReader(db), list[str]()
+    reader.query("first", _counter(calls, "first"))
+    assert open_files_of(db) == [str(db)]  # kept attached for the next request
+    reader.query("second", _counter(calls, "second"))
+    # A writer that comes meanwhile gets the file within a few polls, not after the linger.
+    waited = time.monotonic()
+    with write_lock(db, timeout=reader_module.LINGER_SECONDS / 2):
+        assert open_files_of(db) == []
+    assert time.monotonic() - waited < reader_module.LINGER_SECONDS
+    apply_events(db, [create(ALICE, "a2", rev=2, t=2)])
+    # The next request attaches the file again and sees the write.
+    assert reader.query("third", _counter(calls, "third")) == 2
+    deadline = time.monotonic() + reader_module.LINGER_SECONDS + 5
+    while open_files_of(db) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert open_files_of(db) == []  # let go once idle
     reader.close()

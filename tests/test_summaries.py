@@ -167,3 +167,49 @@ def test_a_users_pages_are_the_same_through_the_did_index_and_a_scan(
     ]
     assert through_index[(CARD, CAROL)] == []  # hidden
     assert through_index[(PAGE, BOB)] == [f"at://{BOB}/{PAGE}/p1"]
+
+
+def test_pages_found_through_time_windows_are_the_pages_of_a_full_search(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The page search looks in windows of time sized from `collection_stats`; skewed times
+    (a burst of equal times, a sparse tail, a long gap) and records written after the
+    summary, newer than its last and older than its first, must not change a single page."""
+    db = tmp_path / "mirror.duckdb"
+    burst = [create(ALICE, f"burst{i:03d}", rev=i + 1, t=1000) for i in range(120)]
+    tail = [create(BOB, f"tail{i:03d}", rev=i + 1, t=i * 997) for i in range(40)]
+    old = [create(CAROL, f"old{i}", rev=i + 1, t=-(10**6) - i) for i in range(5)]
+    apply_events(db, [*burst, *tail, *old, delete(BOB, "tail003", rev=100, t=5000)])
+    with Store(db).writing() as tx:
+        rebuild_summaries(tx.con)
+    later = [create(did("dave"), f"new{i}", rev=i + 1, t=10**6 + i) for i in range(30)]
+    older = [create(did("erin"), f"ancient{i}", rev=i + 1, t=-(10**8) - i) for i in range(30)]
+    apply_events(db, [*later, *older])
+    with Store(db).reading() as con:
+        expected = [
+            row[0]
+            for row in con.execute(
+                "SELECT uri FROM records WHERE collection = ? ORDER BY time_us DESC, uri DESC",
+                [CARD],
+            ).fetchall()
+        ]
+    assert len(expected) == 120 + 39 + 5 + 30 + 30
+    settings = Settings(
+        db_path=db,
+        collections=CollectionFilter.parse(CARD),
+        dagster_url="http://127.0.0.1:9",
+        backfill_wait_seconds=0.0,
+    )
+    monkeypatch.setattr(queries, "INDEXED_USER_RECORDS", 0)  # `?did=` pages scan too
+    with TestClient(app=create_app(settings)) as client:
+        for limit in ("1", "7", "50", "100"):
+            uris: list[str] = []
+            params = {"limit": limit}
+            while True:
+                page = client.get(f"/records/{CARD}", params=params).json()
+                uris += [record["uri"] for record in page["records"]]
+                if "cursor" not in page:
+                    break
+                params["cursor"] = page["cursor"]
+            assert uris == expected, f"limit {limit}"
+        assert _walk(client, CARD, BOB) == [u for u in expected if f"/{BOB}/" in u]
