@@ -7,15 +7,13 @@ import json
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-import dagster as dg
-
 from mirror_assets.activity import roll_up_activity
 from mirror_assets.apply import apply_commits
 from mirror_assets.backfill import page_rows
-from mirror_assets.definitions import build_definitions
 from mirror_assets.pds import RecordEntry
 from mirror_assets.resources import MirrorResource
 from mirror_assets.store import Store
+from tests.dagster_helpers import run_job
 from tests.events_factory import (
     CARD,
     PAGE,
@@ -127,7 +125,7 @@ def test_the_roll_up_compacts_the_log_to_one_row_per_source_collection_and_day(
 
 def test_the_ingest_job_materializes_every_analytics_table(tmp_path: Path) -> None:
     db = tmp_path / "mirror.duckdb"
-    with JetstreamServer() as server, dg.instance_for_test() as instance:
+    with JetstreamServer() as server:
         server.add(create(ALICE, "a1", rev=1, t=0))
         server.add(create(BOB, "b1", rev=1, t=DAY))
         server.add(update(ALICE, "a1", rev=2, t=DAY + 1))
@@ -135,11 +133,7 @@ def test_the_ingest_job_materializes_every_analytics_table(tmp_path: Path) -> No
         mirror = MirrorResource(
             db_path=str(db), collections=CARD, jetstream_urls=server.url, idle_seconds=0.5
         )
-        result = (
-            build_definitions(mirror)
-            .resolve_job_def("ingest")
-            .execute_in_process(instance=instance)
-        )
+        result = run_job(mirror, "ingest")
     assert result.success
     [activity] = result.asset_materializations_for_node("daily_activity")
     metadata = {key: value.value for key, value in activity.metadata.items()}

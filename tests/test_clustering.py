@@ -13,9 +13,9 @@ from pathlib import Path
 import dagster as dg
 
 from mirror_assets.clustering import recluster
-from mirror_assets.definitions import build_definitions
 from mirror_assets.resources import MirrorResource
 from mirror_assets.store import Store
+from tests.dagster_helpers import run_job
 from tests.events_factory import CARD, PAGE, create, delete, did, update
 from tests.store_helpers import apply_events
 
@@ -134,12 +134,7 @@ def test_the_recluster_job_reports_on_records(tmp_path: Path) -> None:
     db = tmp_path / "mirror.duckdb"
     _mixed_file(db)
     mirror = MirrorResource(db_path=str(db), collections=f"{CARD},{PAGE}", jetstream_urls="")
-    with dg.instance_for_test() as instance:
-        result = (
-            build_definitions(mirror)
-            .resolve_job_def("recluster")
-            .execute_in_process(instance=instance)
-        )
+    result = run_job(mirror, "recluster")
     assert result.success
     [observation] = [
         event.event_specific_data.asset_observation  # type: ignore[union-attr]

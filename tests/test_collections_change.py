@@ -13,13 +13,13 @@ from litestar.testing import TestClient
 from mirror_api.app import create_app
 from mirror_assets.backfill import run_backfill
 from mirror_assets.config import BackfillLimits, IngestLimits, Settings
-from mirror_assets.definitions import build_definitions
 from mirror_assets.discovery import never_completed, run_discovery
 from mirror_assets.nsids import CollectionFilter
 from mirror_assets.resources import MirrorResource
 from mirror_assets.store import Store
 from tests.atproto_server import AtprotoStandIn
 from tests.cli_helpers import mirror
+from tests.dagster_helpers import run_job
 from tests.events_factory import CARD, PAGE, create, numbered_did, record_body
 from tests.jetstream_server import JetstreamServer
 
@@ -41,11 +41,7 @@ def _settings(db: Path, collections: str, net: AtprotoStandIn, jetstream: str = 
 
 
 def _run(job: str, settings: Settings, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
-    return (
-        build_definitions(MirrorResource.from_settings(settings))
-        .resolve_job_def(job)
-        .execute_in_process(instance=instance, raise_on_error=False)
-    )
+    return run_job(MirrorResource.from_settings(settings), job, instance)
 
 
 def _uris(db: Path) -> list[str]:

@@ -21,9 +21,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from mirror_assets.apply import apply_batch
-from mirror_assets.definitions import build_definitions
 from mirror_assets.resources import MirrorResource
 from mirror_assets.store import Store
+from tests.dagster_helpers import run_job
 from tests.events_factory import (
     CARD,
     PAGE,
@@ -59,12 +59,7 @@ def _mirror(db: Path, exports: Path, collections: str = f"{CARD},{PAGE}") -> Mir
 
 def _export(mirror: MirrorResource) -> dict[str, Any]:
     """Run the `export` job; the materialization's metadata as plain values."""
-    with dg.instance_for_test() as instance:
-        result = (
-            build_definitions(mirror)
-            .resolve_job_def("export")
-            .execute_in_process(instance=instance)
-        )
+    result = run_job(mirror, "export")
     assert result.success
     [materialization] = result.asset_materializations_for_node("parquet_exports")
     assert materialization.asset_key == dg.AssetKey("parquet_exports")

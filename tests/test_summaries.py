@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import dagster as dg
 import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
@@ -13,11 +12,11 @@ from litestar.testing import TestClient
 from mirror_api import queries
 from mirror_api.app import create_app
 from mirror_assets.config import Settings
-from mirror_assets.definitions import build_definitions
 from mirror_assets.nsids import CollectionFilter
 from mirror_assets.resources import MirrorResource
 from mirror_assets.store import Store
 from mirror_assets.summaries import rebuild_summaries
+from tests.dagster_helpers import run_job
 from tests.events_factory import CARD, PAGE, account, create, delete, did
 from tests.jetstream_server import JetstreamServer
 from tests.store_helpers import apply_events
@@ -109,17 +108,13 @@ def test_the_api_reads_the_summaries_once_built(tmp_path: Path) -> None:
 
 def test_the_ingest_job_rebuilds_the_summaries_after_records(tmp_path: Path) -> None:
     db = tmp_path / "mirror.duckdb"
-    with JetstreamServer() as server, dg.instance_for_test() as instance:
+    with JetstreamServer() as server:
         for n in range(5):
             server.add(create(did(f"user{n % 2}"), f"r{n}", rev=n + 1, t=n))
         mirror = MirrorResource(
             db_path=str(db), collections=CARD, jetstream_urls=server.url, idle_seconds=0.5
         )
-        result = (
-            build_definitions(mirror)
-            .resolve_job_def("ingest")
-            .execute_in_process(instance=instance)
-        )
+        result = run_job(mirror, "ingest")
     assert result.success
     rows = {
         materialization.asset_key.to_user_string(): materialization.metadata[
