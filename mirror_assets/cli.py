@@ -67,6 +67,8 @@ def cmd_run(settings: Settings, _: argparse.Namespace) -> int:
         flush=True,
     )
     children = [dagster, api]
+    # A service manager stops with SIGTERM: treat it as Ctrl-C, so the children stop too.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         os.wait()  # returns when either child exits
     except KeyboardInterrupt:
@@ -81,6 +83,10 @@ def cmd_run(settings: Settings, _: argparse.Namespace) -> int:
             except subprocess.TimeoutExpired:
                 child.kill()
     return max((child.returncode or 0) for child in children)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _bin(name: str) -> str:

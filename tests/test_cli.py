@@ -341,3 +341,31 @@ def _wait_for(url: str, timeout: float = 90.0) -> httpx.Response:
         if time.monotonic() > deadline:
             raise AssertionError(f"{url} did not answer within {timeout} s")
         time.sleep(0.5)
+
+
+def test_run_stopped_by_sigterm_stops_dagster_and_the_api(project: Path) -> None:
+    """A service manager stops `mirror run` with SIGTERM: nothing may be left serving."""
+    api_port, dagster_port = _free_port(), _free_port()
+    env = {
+        **os.environ,
+        "MIRROR_DB": str(project / "data" / "mirror.duckdb"),
+        "API_PORT": str(api_port),
+        "DAGSTER_PORT": str(dagster_port),
+        "JETSTREAM_URLS": "ws://127.0.0.1:9",
+        "RELAY_URL": "http://127.0.0.1:9",
+    }
+    process = subprocess.Popen(
+        [MIRROR, "run"], cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    )
+    try:
+        _wait_for(f"http://127.0.0.1:{api_port}/health")
+        _wait_for(f"http://127.0.0.1:{dagster_port}/server_info")
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+    for port in (api_port, dagster_port):
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
