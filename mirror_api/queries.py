@@ -90,9 +90,9 @@ def _page_floor(
     A top-N over every older record reads every row group, whatever their order. So the
     search looks first in a window of time just before the cursor, wide enough for about
     four pages at the average rate of the collection (from `collection_stats`) or of the
-    user (`user_records`, from `user_counts`), and widens it
-    eightfold until it holds a page or reaches past the oldest record; in a table kept in
-    time order (clustering.py) each look reads only the row groups of its window.
+    user (`user_records`, from `user_counts`), and widens it eightfold until it holds a
+    page or reaches past the oldest record; in a table kept in time order (clustering.py)
+    each look reads only the row groups of its window.
     """
     narrow = conditions + (["time_us < $time_us"] if "time_us" in params else [])
     values = {key: value for key, value in params.items() if key != "uri"}
