@@ -52,11 +52,15 @@ class MirrorReader:
         self._kept = threading.Lock()
         self._answers: OrderedDict[Hashable, object] = OrderedDict()
         self._cached_version: tuple[int, ...] = ()
+        # Questions being answered now, by the version of the file they were asked at: the
+        # same question asked meanwhile waits for that answer instead of computing it again
+        # (after a write, every client asks for the first page at once). Event loop only.
+        self._computing: dict[Hashable, tuple[tuple[int, ...], asyncio.Future[object]]] = {}
 
     async def ask(self, key: Hashable, compute: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
         """`query` for the event loop: an answer kept for the file's current version comes
         back at once, without the lock or a worker thread; anything else runs `query` in a
-        worker thread.
+        worker thread, once for all who ask the same question of the same version meanwhile.
 
         Looking at the version without the lock is safe: answers are only ever kept under the
         lock, for the version seen there, so a match means the answer is of the last
@@ -68,7 +72,21 @@ class MirrorReader:
             if version == self._cached_version and key in self._answers:
                 self._answers.move_to_end(key)
                 return cast(T, self._answers[key])
-        return await asyncio.to_thread(self.query, key, compute)
+        computing = self._computing.get(key)
+        if computing is None or computing[0] != version:
+            task: asyncio.Future[object] = asyncio.ensure_future(
+                asyncio.to_thread(self.query, key, compute)
+            )
+            self._computing[key] = computing = (version, task)
+            task.add_done_callback(lambda done: self._forget_computing(key, done))
+        # Shielded: a caller that goes away does not cancel the answer the others wait for.
+        return cast(T, await asyncio.shield(computing[1]))
+
+    def _forget_computing(self, key: Hashable, done: asyncio.Future[object]) -> None:
+        if self._computing.get(key, (None, None))[1] is done:
+            del self._computing[key]
+        if not done.cancelled():
+            done.exception()  # its callers have it; asyncio must not report it unclaimed
 
     def query(self, key: Hashable, compute: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
         """`compute` on a cursor of the attached file, for one request; tables are
@@ -145,9 +163,9 @@ class MirrorReader:
                 return
             self._idle_since = time.monotonic()
             if self._watcher is None:
-                self._watcher = threading.Thread(
-                    target=self._watch, name="mirror-reader-linger", daemon=True
-                )
+                # Not a daemon: one killed inside DuckDB at exit would abort the process;
+                # this one ends by itself within LINGER_SECONDS.
+                self._watcher = threading.Thread(target=self._watch, name="mirror-reader-linger")
                 self._watcher.start()
 
     def _watch(self) -> None:

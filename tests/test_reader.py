@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -90,4 +91,25 @@ def test_the_file_stays_attached_between_close_requests_and_a_writer_ends_that(
     while open_files_of(db) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert open_files_of(db) == []  # let go once idle
+    reader.close()
+
+
+def test_the_same_question_asked_at_once_is_computed_once_per_version(tmp_path: Path) -> None:
+    db = tmp_path / "mirror.duckdb"
+    apply_events(db, [create(ALICE, "a1", rev=1, t=1)])
+    reader, calls = MirrorReader(db), list[str]()
+    count = _counter(calls, "count")
+
+    def slowly(con: duckdb.DuckDBPyConnection) -> int:
+        time.sleep(0.3)  # long enough for every caller to ask before the answer is kept
+        return count(con)
+
+    async def everyone_asks() -> list[int]:
+        return await asyncio.gather(*(reader.ask("count", slowly) for _ in range(8)))
+
+    assert asyncio.run(everyone_asks()) == [1] * 8
+    assert calls == ["count"]
+    apply_events(db, [create(ALICE, "a2", rev=2, t=2)])
+    assert asyncio.run(everyone_asks()) == [2] * 8  # a new version: asked anew, once
+    assert calls == ["count", "count"]
     reader.close()
