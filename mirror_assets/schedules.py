@@ -1,6 +1,8 @@
 """The minute ingest schedule, which skips a tick while an ingest is in flight, the daily
 discovery pass and reclustering, the hourly checks, and the Parquet exports (EXPORT_CRON)."""
 
+from __future__ import annotations
+
 import dagster as dg
 
 from mirror_assets.jobs import (
@@ -28,42 +30,47 @@ def ingest_every_minute(context: dg.ScheduleEvaluationContext) -> dg.RunRequest 
     return dg.RunRequest(run_key=context.scheduled_execution_time.isoformat())
 
 
-discovery_daily = dg.ScheduleDefinition(
-    name="discovery_daily",
-    job=discovery_job,
-    cron_schedule="17 4 * * *",
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Once a day: ask the relay for every repo of each tracked collection.",
+def _running(
+    name: str, job: dg.UnresolvedAssetJobDefinition | dg.JobDefinition, cron: str, description: str
+) -> dg.ScheduleDefinition:
+    """A schedule in UTC that is on from the start."""
+    return dg.ScheduleDefinition(
+        name=name,
+        job=job,
+        cron_schedule=cron,
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=description,
+    )
+
+
+discovery_daily = _running(
+    "discovery_daily",
+    discovery_job,
+    "17 4 * * *",
+    "Once a day: ask the relay for every repo of each tracked collection.",
 )
 
-checks_hourly = dg.ScheduleDefinition(
-    name="checks_hourly",
-    job=checks_job,
-    cron_schedule="29 * * * *",
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Every hour: the integrity checks of `records` and the failed-backfill check.",
+checks_hourly = _running(
+    "checks_hourly",
+    checks_job,
+    "29 * * * *",
+    "Every hour: the integrity checks of `records` and the failed-backfill check.",
+)
+
+recluster_daily = _running(
+    "recluster_daily",
+    recluster_job,
+    "23 3 * * *",
+    "Once a day: put the rows backfills added out of time order back in order.",
 )
 
 
 def exports_schedule(cron: str) -> dg.ScheduleDefinition:
     """The Parquet exports at the operator's EXPORT_CRON."""
-    return dg.ScheduleDefinition(
-        name="parquet_exports_schedule",
-        job=export_job,
-        cron_schedule=cron,
-        execution_timezone="UTC",
-        default_status=dg.DefaultScheduleStatus.RUNNING,
-        description=f"Parquet snapshots of every tracked collection ({cron}, UTC).",
+    return _running(
+        "parquet_exports_schedule",
+        export_job,
+        cron,
+        f"Parquet snapshots of every tracked collection ({cron}, UTC).",
     )
-
-
-recluster_daily = dg.ScheduleDefinition(
-    name="recluster_daily",
-    job=recluster_job,
-    cron_schedule="23 3 * * *",
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Once a day: put the rows backfills added out of time order back in order.",
-)
