@@ -132,9 +132,8 @@ def _collection_span(
     """The collection's first and last record time, and the average spacing of its records
     (or of `records` of them: one user's) between the two, as of the last summary; None
     before the first summary. Records written since may lie outside it, which is why a
-    window only narrows the search and the last look has none."""
-    if not _summaries_built(con):
-        return None
+    window only narrows the search and the last look has none. (The table is empty until
+    the first summary.)"""
     rows = con.execute(
         f"SELECT first_record_time_us, last_record_time_us, total_records "
         f"FROM {SCHEMA}.collection_stats WHERE collection = ?",

@@ -32,8 +32,7 @@ ERROR = dg.AssetCheckSeverity.ERROR
 )
 def cursor_fresh(mirror: MirrorResource) -> dg.AssetCheckResult:
     settings = mirror.settings()
-    with Store(settings.db_path).reading() as con:
-        cursor = checks.cursor_us(con)
+    cursor = Store(settings.db_path).cursor_us()
     lag = cursor_lag_seconds(cursor, time.time())
     if cursor is None or lag is None:
         return dg.AssetCheckResult(

@@ -1,5 +1,5 @@
-"""What the asset checks look for in the file: the cursor's lag, broken storage invariants, and
-failing backfills (docs/operations.md says what each means and what to do).
+"""What the integrity checks look for in the file: broken storage invariants and failing
+backfills (docs/operations.md says what each means and what to do).
 
 Each integrity finding counts the offending rows and names a few of them, so a failed check
 says what is wrong and where without anyone opening the file.
@@ -23,11 +23,6 @@ class Finding:
     problems: int
     sample: list[str] = field(default_factory=list)
     by_kind: dict[str, int] = field(default_factory=dict)
-
-
-def cursor_us(con: duckdb.DuckDBPyConnection) -> int | None:
-    rows = con.execute("SELECT cursor_us FROM ingest_state").fetchall()
-    return int(rows[0][0]) if rows else None
 
 
 def uris_off_their_keys(con: duckdb.DuckDBPyConnection) -> Finding:

@@ -38,12 +38,11 @@ SELECT count(*) FILTER (WHERE row_id < previous) FROM (
 )
 """
 
-_MOVE = (
+_TAKE_OUT = (
     f"CREATE TEMP TABLE moving AS SELECT * FROM record_versions WHERE {_SLICE} ORDER BY time_us",
     f"DELETE FROM record_versions WHERE {_SLICE}",
-    "INSERT INTO record_versions SELECT * FROM moving",
-    "DROP TABLE moving",
 )
+_PUT_BACK = ("INSERT INTO record_versions SELECT * FROM moving", "DROP TABLE moving")
 
 
 @dataclass(frozen=True)
@@ -111,9 +110,9 @@ def _recluster_slice(store: Store, part: Slice) -> tuple[int, float]:
         [(out_of_order,)] = tx.con.execute(_OUT_OF_ORDER, part.params()).fetchall()
         moved = 0
         if out_of_order:
-            [(moved,)] = tx.con.execute(
-                f"SELECT count(*) FROM record_versions WHERE {_SLICE}", part.params()
-            ).fetchall()
-            for statement in _MOVE:
-                tx.con.execute(statement, part.params() if "$" in statement else None)
+            for statement in _TAKE_OUT:
+                tx.con.execute(statement, part.params())
+            [(moved,)] = tx.con.execute("SELECT count(*) FROM moving").fetchall()
+            for statement in _PUT_BACK:
+                tx.con.execute(statement)
     return moved, time.perf_counter() - started
