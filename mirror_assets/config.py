@@ -7,6 +7,7 @@ safe default, so a fresh checkout runs without any configuration.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +48,16 @@ def _number(name: str, default: float) -> float:
     return value
 
 
+_SIZE = re.compile(r"[0-9]+(\.[0-9]+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", re.IGNORECASE)
+
+
+def _size(name: str, value: str) -> str:
+    """A memory size as DuckDB takes it: a number and a unit (`512MB`, `2GiB`)."""
+    if _SIZE.fullmatch(value.strip()) is None:
+        raise ConfigError(f"{name}={value!r} is not a size such as 512MB or 2GB")
+    return value.strip()
+
+
 def _cron(name: str, value: str) -> str:
     """A five-field cron expression, checked only for its shape: Dagster parses the rest."""
     if len(value.split()) != 5:
@@ -63,7 +74,9 @@ class IngestLimits:
     max_seconds: float = 45.0
     max_events: int = 2_000_000
     flush_events: int = 200_000
+    flush_bytes: int = 128 * 1024 * 1024  # record JSON a batch holds before it is written
     gap_seconds: float = 300.0
+    clock_skew_seconds: float = 600.0  # a frame's time_us may run this far ahead of ours
 
     @classmethod
     def from_env(cls) -> IngestLimits:
@@ -73,7 +86,9 @@ class IngestLimits:
             max_seconds=_number("INGEST_MAX_SECONDS", cls.max_seconds),
             max_events=int(_number("INGEST_MAX_EVENTS", cls.max_events)),
             flush_events=int(_number("INGEST_FLUSH_EVENTS", cls.flush_events)),
+            flush_bytes=int(_number("INGEST_FLUSH_BYTES", cls.flush_bytes)),
             gap_seconds=_number("INGEST_GAP_SECONDS", cls.gap_seconds),
+            clock_skew_seconds=_number("INGEST_CLOCK_SKEW_SECONDS", cls.clock_skew_seconds),
         )
 
 
@@ -141,12 +156,18 @@ class Settings:
     plc_url: str = "https://plc.directory"
     relay_url: str = "https://relay1.us-east.bsky.network"
     allow_private_network: bool = False
+    dns_servers: tuple[str, ...] = ()  # host[:port] of name servers; () is the system's
+    handle_resolver_url: str = ""  # a service to resolve handles; "" resolves them directly
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     api_workers: int = 1  # API server processes; each keeps its own answers
     dagster_port: int = 3000
     dagster_url: str = ""  # where the API asks for backfills; "" is the local `mirror run`
     backfill_wait_seconds: float = 10.0  # how long `?did=` waits for a backfill it asked for
+    api_cache_bytes: int = 64 * 1024 * 1024  # answers the API keeps, per process, at most
+    api_backfills_in_flight: int = 4  # `?did=` backfill runs queued or running at once
+    sql_timeout_seconds: float = 30.0  # `mirror sql` stops a query after this long
+    sql_memory_limit: str = "1GB"  # and lets DuckDB use this much memory for it
     export_dir: Path = Path("data/exports")  # Parquet snapshots, one folder per collection
     export_cron: str = "41 * * * *"  # when the snapshots are written (UTC)
     ingest: IngestLimits = field(default_factory=IngestLimits)
@@ -168,7 +189,7 @@ class Settings:
         for url in urls:
             if not url.startswith(("ws://", "wss://")):
                 raise ConfigError(f"JETSTREAM_URLS entry {url!r} must start with ws:// or wss://")
-        for name in ("PLC_URL", "RELAY_URL", "DAGSTER_URL"):
+        for name in ("PLC_URL", "RELAY_URL", "DAGSTER_URL", "HANDLE_RESOLVER_URL"):
             if not (get(name) or "https://").startswith(("http://", "https://")):
                 raise ConfigError(f"{name}={get(name)!r} must start with http:// or https://")
         return cls(
@@ -178,12 +199,22 @@ class Settings:
             plc_url=get("PLC_URL", "") or cls.plc_url,
             relay_url=get("RELAY_URL", "") or cls.relay_url,
             allow_private_network=get("MIRROR_ALLOW_PRIVATE_NETWORK", "") == "1",
+            dns_servers=_split(get("DNS_SERVERS", "")),
+            handle_resolver_url=get("HANDLE_RESOLVER_URL", "") or cls.handle_resolver_url,
             api_host=get("API_HOST", "") or cls.api_host,
             api_port=int(_number("API_PORT", cls.api_port)),
             api_workers=int(_number("API_WORKERS", cls.api_workers)),
             dagster_port=int(_number("DAGSTER_PORT", cls.dagster_port)),
             dagster_url=get("DAGSTER_URL", "") or cls.dagster_url,
             backfill_wait_seconds=_number("API_BACKFILL_WAIT_SECONDS", cls.backfill_wait_seconds),
+            api_cache_bytes=int(_number("API_CACHE_BYTES", cls.api_cache_bytes)),
+            api_backfills_in_flight=int(
+                _number("API_BACKFILLS_IN_FLIGHT", cls.api_backfills_in_flight)
+            ),
+            sql_timeout_seconds=_number("SQL_TIMEOUT_SECONDS", cls.sql_timeout_seconds),
+            sql_memory_limit=_size(
+                "SQL_MEMORY_LIMIT", get("SQL_MEMORY_LIMIT", "") or cls.sql_memory_limit
+            ),
             export_dir=Path(get("EXPORT_DIR", "") or cls.export_dir),
             export_cron=_cron("EXPORT_CRON", get("EXPORT_CRON", "") or cls.export_cron),
             ingest=IngestLimits.from_env(),

@@ -19,8 +19,9 @@ class MirrorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     with its ingest, backfill and check limits and where its Parquet snapshots go.
 
     Defaults come from the environment (COLLECTIONS, JETSTREAM_URLS, MIRROR_DB, PLC_URL,
-    RELAY_URL, MIRROR_ALLOW_PRIVATE_NETWORK, EXPORT_DIR, EXPORT_CRON, INGEST_*, BACKFILL_*,
-    CHECK_*) when the code location loads; see `MirrorResource.from_env`.
+    RELAY_URL, MIRROR_ALLOW_PRIVATE_NETWORK, DNS_SERVERS, HANDLE_RESOLVER_URL, EXPORT_DIR,
+    EXPORT_CRON, INGEST_*, BACKFILL_*, CHECK_*) when the code location loads; see
+    `MirrorResource.from_env`.
     """
 
     db_path: str
@@ -29,6 +30,8 @@ class MirrorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     plc_url: str = Settings.plc_url
     relay_url: str = Settings.relay_url
     allow_private_network: bool = False
+    dns_servers: str = ""  # comma separated
+    handle_resolver_url: str = Settings.handle_resolver_url
     export_dir: str = str(Settings.export_dir)
     export_cron: str = Settings.export_cron
     # IngestLimits
@@ -37,7 +40,9 @@ class MirrorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     max_seconds: float = IngestLimits.max_seconds
     max_events: int = IngestLimits.max_events
     flush_events: int = IngestLimits.flush_events
+    flush_bytes: int = IngestLimits.flush_bytes
     gap_seconds: float = IngestLimits.gap_seconds
+    clock_skew_seconds: float = IngestLimits.clock_skew_seconds
     # BackfillLimits
     per_host: int = BackfillLimits.per_host
     http_timeout_seconds: float = BackfillLimits.http_timeout_seconds
@@ -63,6 +68,8 @@ class MirrorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             plc_url=settings.plc_url,
             relay_url=settings.relay_url,
             allow_private_network=settings.allow_private_network,
+            dns_servers=",".join(settings.dns_servers),
+            handle_resolver_url=settings.handle_resolver_url,
             export_dir=str(settings.export_dir),
             export_cron=settings.export_cron,
             **asdict(settings.ingest),
@@ -82,6 +89,8 @@ class MirrorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             plc_url=self.plc_url,
             relay_url=self.relay_url,
             allow_private_network=self.allow_private_network,
+            dns_servers=tuple(s.strip() for s in self.dns_servers.split(",") if s.strip()),
+            handle_resolver_url=self.handle_resolver_url,
             export_dir=Path(self.export_dir),
             export_cron=self.export_cron,
             ingest=self._limits(IngestLimits),
