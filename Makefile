@@ -23,7 +23,7 @@ lint: install
 	$(BIN)/mypy mirror_assets mirror_api
 
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2
 
 bench: install
 	$(BIN)/python -m bench.ingest

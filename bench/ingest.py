@@ -314,6 +314,8 @@ def measure(
     verified = "ok" if (live, tombstones) == expected else f"MISMATCH, expected {expected}"
     if report.stats.skipped:
         verified += f" skipped={dict(report.stats.skipped)}"
+    if report.stats.refused:
+        verified += f" refused={dict(report.stats.refused.counts)}"
     applied = report.applied
     return RunResult(
         name=name,
@@ -506,8 +508,9 @@ def breakdown(server: ServerProcess, args: argparse.Namespace) -> list[tuple[str
     # In-process costs on a sample of the same kind of stream, without any socket.
     sample_spec = synth.StreamSpec(min(frames, 200_000), shape="fresh").resolved()
     texts, _, _ = synth.build_stream(sample_spec)
+    latest_us = time.time_ns() // 1000 + 600_000_000
     started = time.perf_counter()
-    events = [decode_frame(text) for text in texts]
+    events = [decode_frame(text, latest_us) for text in texts]
     decode_us = 1e6 * (time.perf_counter() - started) / len(texts)
     builder = BatchBuilder()
     add_seconds = build_seconds = 0.0
@@ -520,7 +523,7 @@ def breakdown(server: ServerProcess, args: argparse.Namespace) -> list[tuple[str
         builder.build()
         add_seconds += mid - started
         build_seconds += time.perf_counter() - mid
-    rows.append(("decode_frame", decode_us, "msgspec decode of one frame (in process)"))
+    rows.append(("decode_frame", decode_us, "decode and check one frame (in process)"))
     rows.append(("builder.add", 1e6 * add_seconds / len(events), "add + advance (in process)"))
     rows.append(("builder.build", 1e6 * build_seconds / len(events), "Arrow tables (in process)"))
     return rows

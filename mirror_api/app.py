@@ -12,7 +12,7 @@ from typing import Any
 
 import duckdb
 from litestar import Litestar, MediaType, Request, Response
-from litestar.datastructures import MutableScopeHeaders
+from litestar.datastructures import MutableScopeHeaders, State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException, MethodNotAllowedException, NotFoundException
 from litestar.openapi import OpenAPIConfig
@@ -24,7 +24,8 @@ from mirror_api.backfills import BackfillController
 from mirror_api.cursor import CursorController
 from mirror_api.dagster_client import DagsterClient
 from mirror_api.health import HealthController
-from mirror_api.params import CollectionNotTrackedError
+from mirror_api.openapi import RecordJsonSchema
+from mirror_api.params import CollectionNotTrackedError, Cursors
 from mirror_api.reader import MirrorReader
 from mirror_api.records import RecordsController
 from mirror_api.responses import ErrorBody
@@ -96,10 +97,12 @@ async def _allow_any_origin(message: Message, scope: Scope) -> None:
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
-    reader = MirrorReader(settings.db_path)
+    reader = MirrorReader(settings.db_path, cache_bytes=settings.api_cache_bytes)
     dagster = DagsterClient(settings.dagster_graphql_url)
-    backfills = BackfillTrigger(reader, dagster, settings.backfill_wait_seconds)
-    services = Services(settings, reader, backfills)
+    backfills = BackfillTrigger(
+        reader, dagster, settings.backfill_wait_seconds, settings.api_backfills_in_flight
+    )
+    services = Services(settings, reader, backfills, Cursors(settings.db_path))
     return Litestar(
         route_handlers=[
             HealthController,
@@ -112,9 +115,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
         dependencies={
             "services": Provide(lambda: services, use_cache=True, sync_to_thread=False),
         },
+        # The same parts, for whoever holds the app (what the reader keeps, what was asked).
+        state=State({"services": services}),
         before_send=[_allow_any_origin],
         after_request=_json_not_found,
-        on_shutdown=[reader.close],
+        on_shutdown=[backfills.close, reader.close],
+        plugins=[RecordJsonSchema()],
         exception_handlers={
             NotFoundException: _not_found,
             CollectionNotTrackedError: _not_tracked,

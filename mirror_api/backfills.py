@@ -11,7 +11,7 @@ from mirror_api.params import require_tracked
 from mirror_api.queries import backfill_state
 from mirror_api.responses import BackfillState
 from mirror_api.services import Services
-from mirror_assets.identity import is_valid_did
+from mirror_assets.syntax import is_did
 
 
 class BackfillController(Controller):
@@ -25,7 +25,7 @@ class BackfillController(Controller):
         services: NamedDependency[Services],
     ) -> BackfillState:
         require_tracked(collection, services.settings.collections)
-        if not is_valid_did(did):
+        if not is_did(did):  # did:plc or did:web, in their exact syntax (records.py)
             raise HTTPException(status_code=400, detail="Invalid did parameter")
         return await services.reader.ask(
             ("backfill", collection, did), lambda con: backfill_state(con, collection, did)

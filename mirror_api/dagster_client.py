@@ -21,6 +21,10 @@ REPOSITORY = "__repository__"  # the repository a `Definitions` object makes
 BACKFILL_JOB = "backfill"
 DIDS = "dids"
 WRITER_TAG = "mirror/writer"
+REQUESTED_BY_TAG = "mirror/requested_by"  # on every run the API launches, with "api"
+REQUESTED_BY_API = "api"
+# A run in one of these holds a place in the run queue, or waits for one.
+IN_FLIGHT_STATUSES = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED")
 
 _ADD_PARTITION = """
 mutation AddPartition($repository: RepositorySelector!, $partitions: String!, $key: String!) {
@@ -48,6 +52,17 @@ mutation LaunchRun($params: ExecutionParams!) {
 """
 
 
+_RUNS_IN_FLIGHT = """
+query RunsInFlight($filter: RunsFilter!) {
+  runsOrError(filter: $filter) {
+    __typename
+    ... on Runs { count }
+    ... on InvalidPipelineRunsFilterError { message }
+    ... on PythonError { message }
+  }
+}
+"""
+
 _PARTITION_THERE = ("AddDynamicPartitionSuccess", "DuplicateDynamicPartitionError")
 
 
@@ -56,7 +71,7 @@ class DagsterRequestError(RuntimeError):
 
 
 class DagsterClient:
-    """A small GraphQL client for the two mutations the API needs."""
+    """A small GraphQL client for the two mutations and the one query the API needs."""
 
     def __init__(self, graphql_url: str, timeout: float = 10.0) -> None:
         self.graphql_url = graphql_url
@@ -72,10 +87,7 @@ class DagsterClient:
                 {"repository": repository, "partitions": DIDS, "key": did},
                 "addDynamicPartition",
             )
-            if added["__typename"] not in (
-                "AddDynamicPartitionSuccess",
-                "DuplicateDynamicPartitionError",
-            ):
+            if added["__typename"] not in _PARTITION_THERE:
                 raise DagsterRequestError(f"adding partition {did}: {added}")
             params = {
                 "selector": {**repository, "jobName": BACKFILL_JOB},
@@ -86,7 +98,7 @@ class DagsterClient:
                     "tags": [
                         {"key": "dagster/partition", "value": did},
                         {"key": WRITER_TAG, "value": BACKFILL_JOB},
-                        {"key": "mirror/requested_by", "value": "api"},
+                        {"key": REQUESTED_BY_TAG, "value": REQUESTED_BY_API},
                     ]
                 },
             }
@@ -96,6 +108,16 @@ class DagsterClient:
         run_id: str = launched["run"]["runId"]
         log.info("asked Dagster to backfill %s %s: run %s", did, collection, run_id)
         return run_id
+
+    async def backfills_in_flight(self) -> int:
+        """How many runs the API asked for are queued, starting or running."""
+        tags = [{"key": REQUESTED_BY_TAG, "value": REQUESTED_BY_API}]
+        runs_filter = {"tags": tags, "statuses": list(IN_FLIGHT_STATUSES)}
+        async with httpx.AsyncClient(timeout=self._timeout) as client:
+            runs = await self._call(client, _RUNS_IN_FLIGHT, {"filter": runs_filter}, "runsOrError")
+        if runs["__typename"] != "Runs":
+            raise DagsterRequestError(f"counting the API's runs: {runs}")
+        return int(runs["count"])
 
     async def _call(
         self, client: httpx.AsyncClient, query: str, variables: dict[str, Any], field: str
@@ -108,7 +130,11 @@ class DagsterClient:
             body = response.json()
         except (httpx.HTTPError, ValueError) as error:
             raise DagsterRequestError(f"{self.graphql_url}: {error}") from None
-        if body.get("errors"):
-            raise DagsterRequestError(f"{self.graphql_url}: {body['errors']}")
-        result: dict[str, Any] = body["data"][field]
+        errors = body.get("errors") if isinstance(body, dict) else None
+        if errors:
+            raise DagsterRequestError(f"{self.graphql_url}: {errors}")
+        data = body.get("data") if isinstance(body, dict) else None
+        result = data.get(field) if isinstance(data, dict) else None
+        if not isinstance(result, dict) or "__typename" not in result:
+            raise DagsterRequestError(f"{self.graphql_url}: unexpected answer {body!r:.300}")
         return result

@@ -6,17 +6,39 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
+import math
 import re
+from functools import cached_property
+from pathlib import Path
 
 from litestar.exceptions import HTTPException, NotFoundException
 
+from mirror_api.cursor_key import cursor_key
 from mirror_assets.nsids import CollectionFilter
+from mirror_assets.syntax import MAX_HANDLE_LENGTH, MAX_NSID_LENGTH
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 100
 _DIGITS = re.compile(r"[0-9]+")
 _NUMBER = re.compile(r"-?[0-9]{1,19}")
-_CHECKSUM_BYTES = 4
+TAG_BYTES = 16  # a keyed BLAKE2b MAC: nobody without the key makes a cursor we accept
+_MAX_RECORD_KEY_LENGTH = 512  # the protocol's limit (syntax.is_record_key)
+# The longest position a cursor holds: a /records URI at the protocol's limits (a did:web
+# of a whole host name, an NSID, a record key), after the endpoint's name and a time.
+_LONGEST_PAYLOAD = (
+    len("records ")
+    + len(str(-(2**63)))
+    + len(" at://did:web:")
+    + MAX_HANDLE_LENGTH
+    + 1
+    + MAX_NSID_LENGTH
+    + 1
+    + _MAX_RECORD_KEY_LENGTH
+)
+# Longer strings are refused before they are decoded or hashed. Cursors of real records
+# (did:plc DIDs, TID record keys) are about 150 characters.
+MAX_CURSOR_CHARACTERS = 4 * math.ceil((TAG_BYTES + _LONGEST_PAYLOAD) / 3)
 
 
 class CollectionNotTrackedError(NotFoundException):
@@ -38,29 +60,43 @@ def parse_limit(raw: str | None) -> int:
     return MAX_LIMIT if len(digits) > 3 else min(int(digits), MAX_LIMIT)
 
 
-def encode_cursor(kind: str, number: int, text: str) -> str:
-    """An opaque cursor holding a sort position in full (a number and a unique tie-breaker),
-    the endpoint it belongs to, and a checksum, so a cut or altered cursor is refused."""
-    payload = f"{kind} {number} {text}".encode()
-    return base64.urlsafe_b64encode(_checksum(payload) + payload).decode().rstrip("=")
+class Cursors:
+    """Opaque cursors: base64 of a MAC and the payload, which holds a sort position in full
+    (a number and a unique tie-breaker) and the endpoint it belongs to. A cut, altered or
+    forged cursor, or one of another endpoint, is refused.
 
+    The MAC's key lives beside the mirror file (cursor_key.py) and is read on first use.
+    """
 
-def decode_cursor(raw: str | None, kind: str) -> tuple[int, str] | None:
-    """The position a cursor of this endpoint holds; any other string is a 400."""
-    if raw is None:
-        return None
-    try:
-        decoded = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
-        checksum, payload = decoded[:_CHECKSUM_BYTES], decoded[_CHECKSUM_BYTES:]
-        if checksum != _checksum(payload):
-            raise ValueError("checksum")
-        cursor_kind, number, text = payload.decode().split(" ", 2)
-        if cursor_kind != kind or not text or not _NUMBER.fullmatch(number):
-            raise ValueError(payload)
-        return int(number), text
-    except (ValueError, binascii.Error):
-        raise HTTPException(status_code=400, detail="Invalid cursor parameter") from None
+    def __init__(self, db_path: Path) -> None:
+        self._db_path = db_path
 
+    @cached_property
+    def _key(self) -> bytes:
+        return cursor_key(self._db_path)
 
-def _checksum(payload: bytes) -> bytes:
-    return hashlib.blake2b(payload, digest_size=_CHECKSUM_BYTES).digest()
+    def encode(self, kind: str, number: int, text: str) -> str:
+        payload = f"{kind} {number} {text}".encode()
+        return base64.urlsafe_b64encode(self._tag(payload) + payload).decode().rstrip("=")
+
+    def decode(self, raw: str | None, kind: str) -> tuple[int, str] | None:
+        """The position a cursor of this endpoint holds; any other string is a 400."""
+        if raw is None:
+            return None
+        try:
+            if len(raw) > MAX_CURSOR_CHARACTERS:
+                raise ValueError("too long")
+            padded = raw + "=" * (-len(raw) % 4)
+            decoded = base64.b64decode(padded, altchars=b"-_", validate=True)
+            tag, payload = decoded[:TAG_BYTES], decoded[TAG_BYTES:]
+            if not hmac.compare_digest(tag, self._tag(payload)):
+                raise ValueError("not a cursor of ours")
+            cursor_kind, number, text = payload.decode().split(" ", 2)
+            if cursor_kind != kind or not text or not _NUMBER.fullmatch(number):
+                raise ValueError(payload)
+            return int(number), text
+        except (ValueError, binascii.Error):
+            raise HTTPException(status_code=400, detail="Invalid cursor parameter") from None
+
+    def _tag(self, payload: bytes) -> bytes:
+        return hashlib.blake2b(payload, digest_size=TAG_BYTES, key=self._key).digest()

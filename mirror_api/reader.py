@@ -9,7 +9,8 @@ metadata and blocks again, costs more than most answers (about 6 ms a page at 10
 records). A waiting writer ends the linger within `WRITER_POLL_SECONDS`, so writers still
 never wait for an idle API. Queries run in worker threads, each on its own cursor of the
 one instance. Answers are kept until the file changes: the pages everyone asks for (first
-pages, /users, /stats) cost one query per write, not one per request.
+pages, /users, /stats) cost one query per write, not one per request. What is kept is
+bounded by its bytes (API_CACHE_BYTES), since anyone can ask for distinct pages.
 """
 
 from __future__ import annotations
@@ -17,26 +18,82 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from pathlib import Path
-from typing import TypeVar, cast
+from typing import NamedTuple, TypeVar, cast
 
 import duckdb
+import msgspec
+from cachetools import LRUCache
 
+from mirror_assets.config import Settings
 from mirror_assets.lock import LingeringRead, read_lock
 from mirror_assets.schema import migrate
 
 SCHEMA = "mirror"  # the name the file is attached under
-MAX_CACHED_ANSWERS = 4096  # per version of the file; the least recently used go first
+# The kept answers are bounded by their bytes, and by their number too: an answer's size does
+# not count what keeping it costs besides (its key, which holds up to hundreds of characters
+# a stranger chose, and the Python objects around it, a few hundred bytes), so answers of a
+# few bytes (an unknown handle's `null`) would otherwise be kept by the million.
+MAX_KEPT_ANSWERS = 4096
 LINGER_SECONDS = 0.25  # the file stays attached this long after the last request
 WRITER_POLL_SECONDS = 0.005  # how often a lingering reader looks for a waiting writer
 
 T = TypeVar("T")
 
 
+def answer_bytes(answer: object) -> int:
+    """What keeping an answer costs: the size of its JSON, the bulk of which (records' JSON,
+    `msgspec.Raw`) is held as those very bytes."""
+    return len(msgspec.json.encode(answer))
+
+
+class _Kept(NamedTuple):
+    answer: object
+    size: int
+
+
+_NOT_KEPT = _Kept(None, -1)
+
+
+class KeptAnswers:
+    """Answers of one version of the file, least recently used first out, within `max_bytes`
+    and MAX_KEPT_ANSWERS. An answer larger than the whole bound is served but never kept.
+    Not thread-safe: the reader holds its own lock around it."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._answers: LRUCache[Hashable, _Kept] = LRUCache(
+            maxsize=max_bytes, getsizeof=lambda kept: kept.size
+        )
+
+    @property
+    def kept_bytes(self) -> int:
+        return int(self._answers.currsize)
+
+    def get(self, key: Hashable) -> _Kept:
+        """The kept answer (now the most recently used), or `_NOT_KEPT`."""
+        return self._answers.get(key, _NOT_KEPT)
+
+    def keep(self, key: Hashable, answer: object, size: int) -> None:
+        if size > self.max_bytes:
+            return
+        if key not in self._answers:
+            while len(self._answers) >= MAX_KEPT_ANSWERS:
+                self._answers.popitem()
+        self._answers[key] = _Kept(answer, size)  # evicts the least recently used to fit
+
+    def clear(self) -> None:
+        self._answers.clear()
+
+
 class MirrorReader:
-    def __init__(self, db_path: Path, lock_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        db_path: Path,
+        lock_timeout: float = 30.0,
+        cache_bytes: int = Settings.api_cache_bytes,
+    ) -> None:
         self.db_path = db_path
         self.lock_timeout = lock_timeout
         self._instance = duckdb.connect(":memory:")
@@ -50,7 +107,7 @@ class MirrorReader:
         # The kept answers have a lock of their own: the event loop takes it, so it must never
         # wait behind an ATTACH.
         self._kept = threading.Lock()
-        self._answers: OrderedDict[Hashable, object] = OrderedDict()
+        self._answers = KeptAnswers(cache_bytes)
         self._cached_version: tuple[int, ...] = ()
         # Questions being answered now, by the version of the file they were asked at: the
         # same question asked meanwhile waits for that answer instead of computing it again
@@ -69,9 +126,9 @@ class MirrorReader:
         """
         version = self._file_version()
         with self._kept:
-            if version == self._cached_version and key in self._answers:
-                self._answers.move_to_end(key)
-                return cast(T, self._answers[key])
+            kept = self._answers.get(key) if version == self._cached_version else _NOT_KEPT
+        if kept is not _NOT_KEPT:
+            return cast(T, kept.answer)
         computing = self._computing.get(key)
         if computing is None or computing[0] != version:
             task: asyncio.Future[object] = asyncio.ensure_future(
@@ -102,9 +159,9 @@ class MirrorReader:
                 if version != self._cached_version:
                     self._answers.clear()
                     self._cached_version = version
-                if key in self._answers:
-                    self._answers.move_to_end(key)
-                    return cast(T, self._answers[key])
+                kept = self._answers.get(key)
+            if kept is not _NOT_KEPT:
+                return cast(T, kept.answer)
             self._enter()
             try:
                 cursor = self._instance.cursor()
@@ -114,12 +171,17 @@ class MirrorReader:
                     cursor.close()
             finally:
                 self._leave()
+            size = answer_bytes(answer)  # outside the lock the event loop takes
             with self._kept:
                 if version == self._cached_version:
-                    self._answers[key] = answer
-                    if len(self._answers) > MAX_CACHED_ANSWERS:
-                        self._answers.popitem(last=False)
+                    self._answers.keep(key, answer, size)
             return answer
+
+    @property
+    def kept_bytes(self) -> int:
+        """The bytes of the answers kept now (at most the `cache_bytes` asked for)."""
+        with self._kept:
+            return self._answers.kept_bytes
 
     def _file_version(self) -> tuple[int, ...]:
         """What changes whenever a writer commits: the file's and its WAL's size and time."""

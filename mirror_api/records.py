@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import re
-
 from litestar import Controller, get
 from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath, FromQuery
 
-from mirror_api.params import decode_cursor, encode_cursor, parse_limit, require_tracked
+from mirror_api.params import parse_limit, require_tracked
 from mirror_api.queries import did_of_handle, records_page
 from mirror_api.reader import MirrorReader
 from mirror_api.responses import BackfillState, RecordsPage
 from mirror_api.services import Services
-from mirror_assets.identity import is_valid_did
-
-_HANDLE = re.compile(r"(?=.{1,253}$)([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)+[a-zA-Z]+")
+from mirror_assets.syntax import is_did, is_handle
 
 
 class RecordsController(Controller):
@@ -35,7 +31,7 @@ class RecordsController(Controller):
         their backfill is not complete, the first page asks for it and waits for it, up to a
         bound, and every page says how it stands."""
         require_tracked(collection, services.settings.collections)
-        size, after = parse_limit(limit), decode_cursor(cursor, "records")
+        size, after = parse_limit(limit), services.cursors.decode(cursor, "records")
         state: BackfillState | None = None
         if did is not None:
             did = await _resolve_did(services.reader, did)
@@ -49,15 +45,19 @@ class RecordsController(Controller):
             key, lambda con: records_page(con, collection, size + 1, after, did)
         )
         page, more = rows[:size], len(rows) > size
-        next_cursor = encode_cursor("records", page[-1].time_us, page[-1].uri) if more else None
+        next_cursor = None
+        if more:
+            next_cursor = services.cursors.encode("records", page[-1].time_us, page[-1].uri)
         return RecordsPage(page, next_cursor, state)
 
 
 async def _resolve_did(reader: MirrorReader, did_or_handle: str) -> str:
-    """A DID as given, or the DID of a handle the mirror knows; else a 400."""
-    if is_valid_did(did_or_handle):
+    """A DID of a method the protocol supports, in its exact syntax, as given; or the DID of
+    a handle the mirror knows (`accounts` holds only handles checked both ways); else a 400.
+    Only these can name a real user, so only these may start a backfill."""
+    if is_did(did_or_handle):
         return did_or_handle
-    if _HANDLE.fullmatch(did_or_handle):
+    if is_handle(did_or_handle):
         handle = did_or_handle.lower()
         did = await reader.ask(("handle", handle), lambda con: did_of_handle(con, handle))
         if did is not None:

@@ -3,8 +3,6 @@ section 8), with new fields only added, never removed."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 
 
@@ -32,7 +30,11 @@ class Record(msgspec.Struct, frozen=True):
     collection: str
     rkey: str
     cid: str
-    record: dict[str, Any]
+    # The record's JSON text as stored, served without decoding it (docs/api.md): it was
+    # checked where it entered the mirror, and JSON may carry values a decoder refuses
+    # (1e400, nesting thousands of levels deep), which would fail every page holding the
+    # record. Its OpenAPI schema (an object) comes from `openapi.RecordJsonSchema`.
+    record: msgspec.Raw
     time_us: int
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mirror_api.backfill_trigger import BackfillTrigger
+from mirror_api.params import Cursors
 from mirror_api.reader import MirrorReader
 from mirror_assets.config import Settings
 
@@ -16,3 +17,4 @@ class Services:
     settings: Settings
     reader: MirrorReader
     backfills: BackfillTrigger
+    cursors: Cursors

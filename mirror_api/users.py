@@ -6,7 +6,7 @@ from litestar import Controller, get
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery
 
-from mirror_api.params import decode_cursor, encode_cursor, parse_limit, require_tracked
+from mirror_api.params import parse_limit, require_tracked
 from mirror_api.queries import users_page
 from mirror_api.responses import UsersPage
 from mirror_api.services import Services
@@ -24,11 +24,13 @@ class UsersController(Controller):
         cursor: FromQuery[str | None] = None,
     ) -> UsersPage:
         require_tracked(collection, services.settings.collections)
-        size, after = parse_limit(limit), decode_cursor(cursor, "users")
+        size, after = parse_limit(limit), services.cursors.decode(cursor, "users")
         rows = await services.reader.ask(
             ("users", collection, size, after),
             lambda con: users_page(con, collection, size + 1, after),
         )
         page, more = rows[:size], len(rows) > size
-        next_cursor = encode_cursor("users", page[-1].record_count, page[-1].did) if more else None
+        next_cursor = None
+        if more:
+            next_cursor = services.cursors.encode("users", page[-1].record_count, page[-1].did)
         return UsersPage(page, next_cursor)

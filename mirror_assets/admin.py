@@ -15,7 +15,7 @@ import duckdb
 
 from mirror_assets.apply import RESTART_PASS
 from mirror_assets.backfill_queue import DONE
-from mirror_assets.nsids import is_nsid
+from mirror_assets.syntax import is_nsid
 
 BACKFILL_STATUSES = ("pending", "in_progress", "failed", *DONE)
 # The network carried no events before 2023: an earlier time is almost certainly seconds or

@@ -5,7 +5,9 @@
 2. Account events move each known DID to its newest lifecycle state (DESIGN section 4,
    invariant 4); `deleted` purges the DID's rows for good, hiding statuses flag them, and
    an account active again gets the backfills its closed repository ended queued again.
-3. Identity events keep handles current.
+3. Identity events mark the DID's identity for a new check (its handle, PDS): a handle
+   counts only once it resolves back to the DID (identities.py), so an announced handle
+   that differs from the verified one is not kept meanwhile.
 4. Commits, reduced to the winning version per URI, replace the stored version (row or
    tombstone) only if they are newer. "Newer" is a total order, the same in the batch and
    against the store: the higher rev, then a delete over a create at the same rev, then
@@ -117,9 +119,11 @@ WHERE record_versions.did = c.did AND c.status <> c.old_status
   AND record_versions.hidden <> (c.status <> 'active')
 """
 
-_UPDATE_HANDLES = f"""
+_UPDATE_IDENTITIES = f"""
 WITH latest AS ({_latest_per_did(_since_first_seen("batch_identities"))})
-UPDATE accounts SET handle = l.handle, identity_time = l.event_at, identity_seq = l.event_seq,
+UPDATE accounts SET
+    handle = CASE WHEN lower(l.handle) = accounts.handle THEN accounts.handle END,
+    identity_stale = true, identity_time = l.event_at, identity_seq = l.event_seq,
     pds_resolved_at = NULL,  -- an identity event may announce a move to another PDS
     updated_at = now()
 FROM latest l
@@ -258,7 +262,7 @@ class ApplyResult:
     purged: int = 0  # rows removed because their account was deleted
     hidden_changed: int = 0  # rows hidden or shown again by account status changes
     accounts_changed: int = 0
-    handles_updated: int = 0
+    identities_changed: int = 0  # identity events that marked a DID for a new check
     new_dids: list[str] = field(default_factory=list)
     gaps: int = 0
     cursor_us: int | None = None
@@ -270,7 +274,7 @@ class ApplyResult:
         for name in ("upserted", "tombstoned", "stale", "purged", "hidden_changed"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.accounts_changed += other.accounts_changed
-        self.handles_updated += other.handles_updated
+        self.identities_changed += other.identities_changed
         self.new_dids.extend(other.new_dids)
         self.gaps += other.gaps
         if other.cursor_us is not None:
@@ -297,7 +301,7 @@ def apply_batch(con: duckdb.DuckDBPyConnection, batch: EventBatch) -> ApplyResul
     if batch.accounts.num_rows:
         _apply_accounts(con, result)
     if batch.identities.num_rows:
-        result.handles_updated = _count(con.execute(_UPDATE_HANDLES).fetchall())
+        result.identities_changed = _count(con.execute(_UPDATE_IDENTITIES).fetchall())
     if batch.commits.num_rows:
         _apply_commits(con, batch.commits.num_rows, result, source="live")
     if batch.gaps:

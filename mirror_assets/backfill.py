@@ -28,7 +28,6 @@ from mirror_assets.backfill_queue import (
     PageRead,
     Progress,
     ProgressResult,
-    Resolved,
     Task,
     cached_pdses,
     claim,
@@ -36,11 +35,14 @@ from mirror_assets.backfill_queue import (
 )
 from mirror_assets.batch import COMMIT_SCHEMA
 from mirror_assets.config import Settings
-from mirror_assets.identity import DidNotFoundError, DidTombstonedError, resolve
+from mirror_assets.handles import HandleVerifier
+from mirror_assets.identities import checked_identity
+from mirror_assets.identity import DidNotFoundError, DidTombstonedError
 from mirror_assets.lock import READER_WINDOW_SECONDS
 from mirror_assets.net_guard import AddressGuard
 from mirror_assets.nsids import CollectionFilter
-from mirror_assets.pds import RecordEntry, latest_rev, list_records
+from mirror_assets.pds import RecordEntry, RefusedAnswerError, latest_rev, list_records
+from mirror_assets.refusals import Refusals
 from mirror_assets.store import Store
 from mirror_assets.xrpc import Politeness, UnavailableError, XrpcClient, XrpcError
 
@@ -57,6 +59,8 @@ _REPO_STATUS = {
 # transaction's fixed cost (open, commit, close: about 30 ms) is paid per group, not per page.
 _RECORDS_PER_TRANSACTION = 20_000
 _QUEUED_PAGES = 256  # fetched pages waiting for the writer before fetching pauses
+# ... or this many bytes of them: pages of large records from a hostile PDS stay bounded.
+_QUEUED_BYTES = 256 * 1024 * 1024
 
 
 @dataclass
@@ -73,7 +77,7 @@ class BackfillReport:
     paused: int = 0  # listings left for the next run by the time budget
     ended: Counter[str] = field(default_factory=Counter)  # by status: failed, not_found, ...
     errors: dict[str, str] = field(default_factory=dict)  # "did collection" -> last error
-    refused: Counter[str] = field(default_factory=Counter)  # records dropped, by reason
+    refused: Refusals = field(default_factory=Refusals)  # what PDSes sent that was refused
     oversized_pages: int = 0
     transactions: int = 0
     done_dids: list[str] = field(default_factory=list)  # every listing complete or ended
@@ -98,7 +102,8 @@ class BackfillReport:
             "listings_completed": self.completed,
             "listings_paused": self.paused,
             **{f"ended_{status}": n for status, n in sorted(self.ended.items())},
-            **{f"refused_{reason}": n for reason, n in sorted(self.refused.items())},
+            "refused": len(self.refused),
+            **self.refused.summary(),
             "oversized_pages": self.oversized_pages,
             "transactions": self.transactions,
             "max_lock_wait_seconds": round(self.applied.lock_wait_seconds, 3),
@@ -128,10 +133,13 @@ async def backfill(
     tasks, cached = await asyncio.to_thread(_claim, store, dids, settings.collections, restart, ttl)
     report = BackfillReport(dids=len({task.did for task in tasks}), tasks=len(tasks))
     writer = ProgressWriter(store, limits.retry_seconds, report)
-    guard = AddressGuard(settings.allow_private_network)
+    guard = AddressGuard.for_settings(settings)
     try:
         async with XrpcClient(Politeness.from_limits(limits), guard) as client:
-            runner = _Runner(settings, client, writer, report, started + limits.run_seconds)
+            verifier = HandleVerifier.for_settings(settings, client)
+            runner = _Runner(
+                settings, client, verifier, writer, report, started + limits.run_seconds
+            )
             gate = asyncio.Semaphore(limits.dids_at_once)
 
             async def one_did(did: str, did_tasks: list[Task]) -> None:
@@ -183,12 +191,14 @@ class _Runner:
         self,
         settings: Settings,
         client: XrpcClient,
+        verifier: HandleVerifier,
         writer: ProgressWriter,
         report: BackfillReport,
         deadline: float,
     ) -> None:
         self._settings = settings
         self._client = client
+        self._verifier = verifier
         self._writer = writer
         self._report = report
         self._deadline = deadline
@@ -199,6 +209,8 @@ class _Runner:
         except WriteFailedError:
             raise
         except Exception as error:  # whatever the DID's documents hold, only this DID fails
+            if isinstance(error, RefusedAnswerError):
+                self._report.refused.refuse(error.refused, did)
             await self._end(tasks, _ended_status(error), error)
             return
         for task in tasks:
@@ -224,9 +236,9 @@ class _Runner:
         return pds, await latest_rev(self._client, pds, did)
 
     async def _resolve(self, did: str) -> str:
-        identity = await resolve(self._client, did, self._settings.plc_url)
-        await self._writer.put(Resolved(did, identity.pds, identity.handle))
-        return identity.pds
+        resolved = await checked_identity(self._client, self._verifier, did, self._settings.plc_url)
+        await self._writer.put(resolved)
+        return resolved.pds
 
     async def _backfill_listing(self, pds: str, task: Task, cursor: str | None, rev: str) -> None:
         did, collection = task.did, task.collection
@@ -253,6 +265,8 @@ class _Runner:
         except WriteFailedError:
             raise
         except Exception as error:  # whatever the PDS sends, only this listing fails
+            if isinstance(error, RefusedAnswerError):
+                report.refused.refuse(error.refused, f"{pds} {did} {collection}")
             await self._end([task], _ended_status(error), error)
 
     async def _end(self, tasks: Sequence[Task], status: str, error: Exception) -> None:
@@ -310,9 +324,10 @@ class WriteFailedError(Exception):
 class ProgressWriter:
     """Commits progress reports in a worker thread, whatever has arrived in one transaction.
 
-    Network tasks `put` their reports and go on fetching; a full queue makes them wait
-    (the writer is behind). If a write fails, `put` and `close` raise its error, and the
-    rest of the run stops: what was committed stays, the rest resumes on the next run.
+    Network tasks `put` their reports and go on fetching; a full queue (by pages or by
+    bytes) makes them wait (the writer is behind). If a write fails, `put` and `close`
+    raise its error, and the rest of the run stops: what was committed stays, the rest
+    resumes on the next run.
     """
 
     def __init__(self, store: Store, retry_seconds: float, report: BackfillReport) -> None:
@@ -320,12 +335,21 @@ class ProgressWriter:
         self._retry_seconds = retry_seconds
         self._report = report
         self._queue: asyncio.Queue[Progress | None] = asyncio.Queue(_QUEUED_PAGES)
+        self._queued_bytes = 0
+        self._room = asyncio.Condition()  # notified as the writer takes pages off the queue
         self._error: BaseException | None = None
         self._task = asyncio.ensure_future(self._run())
 
     async def put(self, item: Progress) -> None:
         if self._error is not None:
             raise WriteFailedError("the run's writer failed; see the run's error") from self._error
+        size = _size_of(item)
+        async with self._room:
+            # An empty queue takes any page, so one larger than the budget still goes through.
+            await self._room.wait_for(
+                lambda: not self._queued_bytes or self._queued_bytes + size <= _QUEUED_BYTES
+            )
+            self._queued_bytes += size
         await self._queue.put(item)
 
     async def close(self) -> None:
@@ -347,6 +371,9 @@ class ProgressWriter:
                     break
                 item = self._queue.get_nowait()
             closing = item is None
+            async with self._room:
+                self._queued_bytes -= sum(map(_size_of, items))
+                self._room.notify_all()
             if items and self._error is None:
                 try:
                     result = await asyncio.to_thread(
@@ -358,3 +385,7 @@ class ProgressWriter:
                 self._report.add(result)
                 # Back-to-back transactions would keep the file from readers.
                 await asyncio.sleep(READER_WINDOW_SECONDS)
+
+
+def _size_of(item: Progress) -> int:
+    return item.rows.nbytes if isinstance(item, PageRead) else 0

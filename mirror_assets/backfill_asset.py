@@ -72,6 +72,8 @@ def backfill_metadata(report: BackfillReport) -> dict[str, Any]:
     metadata["errors_sample"] = dg.MetadataValue.json(
         dict(list(report.errors.items())[:ERRORS_SHOWN])
     )
+    # One example per refusal reason: what a PDS sent that the door refused.
+    metadata["refusal_samples"] = dg.MetadataValue.json(report.refused.samples)
     return metadata
 
 

@@ -182,7 +182,8 @@ def cached_pdses(
 
 @dataclass(frozen=True)
 class Resolved:
-    """A DID's document was read: its PDS (and handle, if the stream has not given one)."""
+    """A DID's document was read: its PDS, and its handle if that resolves back to the DID
+    (None otherwise: a handle the DID document claims is not believed on its own)."""
 
     did: str
     pds: str
@@ -283,25 +284,31 @@ WHERE backfills.did = b.did AND backfills.collection = b.collection AND {_STILL_
 RETURNING backfills.did, backfills.collection, backfills.status
 """
 
+_RESOLVED = pa.schema([("did", pa.string()), ("pds", pa.string()), ("handle", pa.string())])
 _UPDATE_IDENTITIES = """
-UPDATE accounts SET pds = r.pds, pds_resolved_at = now(),
-    handle = coalesce(accounts.handle, r.handle), updated_at = now()
+UPDATE accounts SET pds = r.pds, pds_resolved_at = now(), handle = r.handle,
+    identity_stale = false, updated_at = now()
 FROM resolved r WHERE accounts.did = r.did
 """
+
+
+def record_identities(con: duckdb.DuckDBPyConnection, resolved: Sequence[Resolved]) -> None:
+    """Keep what DID documents said, in the caller's transaction: each DID's PDS, and its
+    handle if verified (else none); the DID's identity check is done."""
+    if not resolved:
+        return
+    con.register(
+        "resolved", pa.Table.from_pylist([vars(item) for item in resolved], schema=_RESOLVED)
+    )
+    con.execute(_UPDATE_IDENTITIES).fetchall()
+    con.unregister("resolved")
 
 
 def write_progress(
     con: duckdb.DuckDBPyConnection, items: Sequence[Progress], retry_seconds: float
 ) -> ProgressResult:
     """Write a group of progress reports in the caller's transaction, set-based."""
-    resolved = [item for item in items if isinstance(item, Resolved)]
-    if resolved:
-        con.register(
-            "resolved",
-            pa.Table.from_pylist([vars(item) for item in resolved]),
-        )
-        con.execute(_UPDATE_IDENTITIES).fetchall()
-        con.unregister("resolved")
+    record_identities(con, [item for item in items if isinstance(item, Resolved)])
     pages = [item.rows for item in items if isinstance(item, PageRead)]
     applied = apply_commits(con, pa.concat_tables(pages)) if pages else ApplyResult()
     con.register("progress", _progress_table(items))

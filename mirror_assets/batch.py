@@ -86,12 +86,18 @@ class BatchBuilder:
         self._accounts = _columns(ACCOUNT_SCHEMA)
         self._identities = _columns(IDENTITY_SCHEMA)
         self._seq = 0
+        self._record_bytes = 0
         self._cursor_us: int | None = None
         self._endpoint: str | None = None
         self._gaps: list[CursorGap] = []
 
     def __len__(self) -> int:
         return self._seq
+
+    @property
+    def record_bytes(self) -> int:
+        """JSON of the records collected so far: a batch is written before it grows large."""
+        return self._record_bytes
 
     def advance(self, time_us: int, endpoint: str) -> None:
         """Move the cursor past an event, applied or not (DESIGN section 10: quiet streams)."""
@@ -127,8 +133,10 @@ class BatchBuilder:
         columns["deleted"].append(deleted)
         columns["rev"].append(op.rev)
         columns["cid"].append(None if deleted else op.cid)
-        # Frames arrive as websocket text, already checked to be UTF-8.
-        columns["record"].append(None if deleted else bytes(op.record).decode())
+        # Checked at the door (events.py): JSON in the data model, encoded afresh as UTF-8.
+        record = None if deleted else bytes(op.record).decode()
+        columns["record"].append(record)
+        self._record_bytes += 0 if record is None else len(record)
         columns["time_us"].append(event.time_us)
 
     def _add_account(self, event: AccountEvent) -> None:

@@ -18,7 +18,7 @@ from mirror_assets import admin
 from mirror_assets.config import ConfigError, Settings
 from mirror_assets.cursor_time import cursor_iso
 from mirror_assets.lock import LockTimeoutError
-from mirror_assets.sql_console import FORMATS, format_result, run_query
+from mirror_assets.sql_console import FORMATS, QueryLimits, format_result, run_query
 from mirror_assets.status import MirrorStatus, read_status
 from mirror_assets.store import Store
 
@@ -115,10 +115,10 @@ def cmd_ingest(settings: Settings, _: argparse.Namespace) -> int:
 
 def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
     """List one DID's collections anew, now, as a Dagster run of its `dids` partition."""
-    from mirror_assets.identity import is_valid_did
+    from mirror_assets.syntax import is_did
 
     did: str = args.did
-    if not is_valid_did(did):
+    if not is_did(did):
         raise CommandError(f"{did!r} is not a DID (did:plc:... or did:web:...)")
     if args.collection and not settings.collections.matches(args.collection):
         raise CommandError(f"{args.collection} is not tracked (COLLECTIONS={settings.collections})")
@@ -303,9 +303,9 @@ def _cursor_notes(old: int | None, new: int | None, now: float) -> list[str]:
 
 def cmd_reset_backfills(settings: Settings, args: argparse.Namespace) -> int:
     """Backfills back to pending, paged again from the top by the backfill sensor's runs."""
-    from mirror_assets.identity import is_valid_did
+    from mirror_assets.syntax import is_did
 
-    if args.did is not None and not is_valid_did(args.did):
+    if args.did is not None and not is_did(args.did):
         raise CommandError(f"{args.did!r} is not a DID (did:plc:... or did:web:...)")
     selection = admin.BackfillSelection(
         statuses=tuple(args.status or ()),
@@ -339,7 +339,8 @@ def _selection_text(selection: admin.BackfillSelection) -> str:
 
 def cmd_sql(settings: Settings, args: argparse.Namespace) -> int:
     """One read-only query, printed as a table, CSV or JSON."""
-    result = run_query(settings.db_path, args.query, args.max_rows)
+    limits = QueryLimits(settings.sql_timeout_seconds, settings.sql_memory_limit)
+    result = run_query(settings.db_path, args.query, args.max_rows, limits)
     sys.stdout.write(format_result(result, args.format))
     more = "; more rows match: raise --max-rows" if result.truncated else ""
     if args.format == "table":

@@ -58,6 +58,19 @@ def _size(name: str, value: str) -> str:
     return value.strip()
 
 
+def _name_servers(value: str) -> tuple[str, ...]:
+    """DNS_SERVERS, each entry checked as the resolver will read it."""
+    from mirror_assets.net_guard import name_server  # it reads Settings: imported late
+
+    entries = _split(value)
+    for entry in entries:
+        try:
+            name_server(entry)
+        except ValueError as error:
+            raise ConfigError(f"DNS_SERVERS: {error}") from None
+    return entries
+
+
 def _cron(name: str, value: str) -> str:
     """A five-field cron expression, checked only for its shape: Dagster parses the rest."""
     if len(value.split()) != 5:
@@ -199,7 +212,7 @@ class Settings:
             plc_url=get("PLC_URL", "") or cls.plc_url,
             relay_url=get("RELAY_URL", "") or cls.relay_url,
             allow_private_network=get("MIRROR_ALLOW_PRIVATE_NETWORK", "") == "1",
-            dns_servers=_split(get("DNS_SERVERS", "")),
+            dns_servers=_name_servers(get("DNS_SERVERS", "")),
             handle_resolver_url=get("HANDLE_RESOLVER_URL", "") or cls.handle_resolver_url,
             api_host=get("API_HOST", "") or cls.api_host,
             api_port=int(_number("API_PORT", cls.api_port)),

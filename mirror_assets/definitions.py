@@ -9,11 +9,13 @@ from mirror_assets.asset_checks import cursor_fresh, few_failed_backfills, recor
 from mirror_assets.backfill_asset import did_backfill, pds
 from mirror_assets.discovery_asset import discovered_repos, relay
 from mirror_assets.exports_asset import parquet_exports
+from mirror_assets.identities_asset import account_identities, identity_sources
 from mirror_assets.jobs import (
     backfill_job,
     checks_job,
     discovery_job,
     export_job,
+    identities_job,
     ingest_job,
     recluster_job,
 )
@@ -26,7 +28,7 @@ from mirror_assets.schedules import (
     ingest_every_minute,
     recluster_daily,
 )
-from mirror_assets.sensors import backfill_sensor, discovery_sensor
+from mirror_assets.sensors import backfill_sensor, discovery_sensor, identity_sensor
 
 
 def build_definitions(mirror: MirrorResource) -> dg.Definitions:
@@ -35,7 +37,9 @@ def build_definitions(mirror: MirrorResource) -> dg.Definitions:
             jetstream,
             pds,
             relay,
+            identity_sources,
             records,
+            account_identities,
             discovered_repos,
             did_backfill,
             collection_summaries,
@@ -43,7 +47,15 @@ def build_definitions(mirror: MirrorResource) -> dg.Definitions:
             parquet_exports,
         ],
         asset_checks=[cursor_fresh, records_integrity, few_failed_backfills],
-        jobs=[ingest_job, backfill_job, discovery_job, checks_job, export_job, recluster_job],
+        jobs=[
+            ingest_job,
+            backfill_job,
+            discovery_job,
+            identities_job,
+            checks_job,
+            export_job,
+            recluster_job,
+        ],
         schedules=[
             ingest_every_minute,
             discovery_daily,
@@ -51,7 +63,7 @@ def build_definitions(mirror: MirrorResource) -> dg.Definitions:
             exports_schedule(mirror.export_cron),
             recluster_daily,
         ],
-        sensors=[backfill_sensor, discovery_sensor],
+        sensors=[backfill_sensor, discovery_sensor, identity_sensor],
         resources={"mirror": mirror},
     )
 

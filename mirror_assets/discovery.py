@@ -24,9 +24,9 @@ import msgspec
 
 from mirror_assets.backfill_queue import queue
 from mirror_assets.config import Settings
-from mirror_assets.identity import is_valid_did
 from mirror_assets.net_guard import AddressGuard
 from mirror_assets.store import Store
+from mirror_assets.syntax import is_did
 from mirror_assets.xrpc import Politeness, XrpcClient
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ async def discover(settings: Settings, store: Store) -> DiscoveryReport:
     with store.reading() as con:
         due = collections_due(con, settings)
     politeness = Politeness.from_limits(settings.backfill)
-    async with XrpcClient(politeness, AddressGuard(settings.allow_private_network)) as client:
+    async with XrpcClient(politeness, AddressGuard.for_settings(settings)) as client:
         for collection, cursor in due.items():
             collection_pass = CollectionPass(collection, resumed=cursor is not None)
             report.passes.append(collection_pass)
@@ -135,7 +135,7 @@ async def _pass(
         if cursor is not None:
             params["cursor"] = cursor
         answer = await client.get(url, params, ListReposAnswer, trusted=True)
-        dids = [repo.did for repo in answer.repos if is_valid_did(repo.did)]
+        dids = [repo.did for repo in answer.repos if is_did(repo.did)]
         state.pages += 1
         state.repos_listed += len(answer.repos)
         state.invalid_dids += len(answer.repos) - len(dids)

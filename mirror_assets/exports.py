@@ -62,6 +62,8 @@ def export_parquet(settings: Settings) -> ExportReport:
 def _tracked_collections(store: Store, settings: Settings) -> list[str]:
     with store.reading() as con:
         rows = con.execute("SELECT DISTINCT collection FROM records ORDER BY 1").fetchall()
+    # `matches` takes only NSIDs (letters, digits, hyphens and dots, no empty segment): a
+    # name that could leave EXPORT_DIR or break a path (`/`, `..`, NUL) is never a folder.
     return [name for (name,) in rows if settings.collections.matches(name)]
 
 

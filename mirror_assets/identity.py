@@ -1,27 +1,22 @@
 """From a DID to its PDS: `did:plc` through the PLC directory, `did:web` through the host.
 
-The PDS is the DID document's service with id `#atproto_pds` (or `{did}#atproto_pds`);
-the handle is the first `at://` entry of `alsoKnownAs`. DID documents are untrusted: the
-document must be about the DID asked for, and its PDS URL must pass the private-network
-guard when it is used.
+DID documents are untrusted input (docs/validation.md): the document must be about the DID
+asked for, its PDS must be an http(s) URL of a host (and pass the private-network guard
+when it is used), and the handle it claims counts only once it resolves back to the DID.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 import msgspec
 
+from mirror_assets.syntax import is_did, is_handle
 from mirror_assets.xrpc import XrpcClient, XrpcError
 
-# did:plc is 24 characters of base32; did:web is a host name, with a port only as `%3A`.
-_DID_PLC = re.compile(r"did:plc:[a-z2-7]{24}")
-_DID_WEB = re.compile(r"did:web:[a-zA-Z0-9.-]+(%3[aA][0-9]{1,5})?")
-_DID_ANY = re.compile(r"did:[a-z]+:[a-zA-Z0-9._:%-]*[a-zA-Z0-9._-]")
-MAX_DID_LENGTH = 2048
+MAX_PDS_URL_LENGTH = 512  # a PDS is a scheme, a host and a port: nothing needs more
 
 
 class IdentityError(Exception):
@@ -36,74 +31,79 @@ class DidTombstonedError(IdentityError):
     """The DID was deleted for good (PLC answers 410)."""
 
 
-def is_valid_did(did: str) -> bool:
-    """Whether `did` is syntactically a DID (any method), as the AT Protocol allows them."""
-    return len(did) <= MAX_DID_LENGTH and _DID_ANY.fullmatch(did) is not None
-
-
-class _Service(msgspec.Struct):
-    id: str
-    serviceEndpoint: Any = None  # noqa: N815 (the DID document's own field name)
-    type: str = ""
-
-
 class DidDocument(msgspec.Struct):
     id: str
-    alsoKnownAs: list[str] = []  # noqa: N815 (the DID document's field name)
-    service: list[_Service] = []
+    # Lists of anything: an entry of the wrong shape is skipped, not a broken document.
+    alsoKnownAs: list[Any] = []  # noqa: N815 (the DID document's field name)
+    service: list[Any] = []
 
 
 @dataclass(frozen=True)
 class Identity:
     did: str
     pds: str  # base URL, without a trailing slash
-    handle: str | None
+    claimed_handle: str | None  # lowercase; valid only once it resolves back to the DID
 
 
 def identity_from_document(did: str, document: DidDocument) -> Identity:
-    """The PDS and handle a DID document declares; refuses documents about another DID."""
+    """The PDS and the handle a DID document claims; refuses documents about another DID.
+
+    The PDS is the first service with id `#atproto_pds` (or `{did}#atproto_pds`); the
+    handle is the first syntactically valid `at://` entry of `alsoKnownAs`, which must
+    still resolve back to the DID before the mirror believes it (handles.py)."""
     if document.id != did:
-        raise IdentityError(f"the DID document of {did} is about {document.id!r}")
+        raise IdentityError(f"the DID document of {did} is about {document.id[:100]!r}")
     for service in document.service:
-        if service.id in ("#atproto_pds", f"{did}#atproto_pds"):
-            endpoint = service.serviceEndpoint
-            if not _is_http_url(endpoint):
-                raise IdentityError(f"{did}: #atproto_pds endpoint {endpoint!r} is not a URL")
-            handle = next(
-                (
-                    aka.removeprefix("at://")
-                    for aka in document.alsoKnownAs
-                    if aka.startswith("at://")
-                ),
-                None,
-            )
-            return Identity(did, endpoint.rstrip("/"), handle)
+        if isinstance(service, dict) and service.get("id") in (
+            "#atproto_pds",
+            f"{did}#atproto_pds",
+        ):
+            endpoint = service.get("serviceEndpoint")
+            if not _is_pds_url(endpoint):
+                raise IdentityError(
+                    f"{did}: #atproto_pds endpoint {str(endpoint)[:100]!r} is not an http(s) "
+                    "URL of a host"
+                )
+            return Identity(did, str(endpoint).rstrip("/"), _claimed_handle(document))
     raise IdentityError(f"{did}: the DID document names no #atproto_pds service")
 
 
-def _is_http_url(value: object) -> bool:
-    """An http(s) URL with a host and, if any, a valid port."""
-    if not isinstance(value, str):
+def _claimed_handle(document: DidDocument) -> str | None:
+    for aka in document.alsoKnownAs:
+        if isinstance(aka, str) and aka.startswith("at://") and is_handle(aka[5:]):
+            return aka[5:].lower()
+    return None
+
+
+def _is_pds_url(value: object) -> bool:
+    """An http(s) URL with a host and, if any, a valid port; no user, query or fragment."""
+    if not isinstance(value, str) or len(value) > MAX_PDS_URL_LENGTH:
         return False
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 (raises ValueError for a port out of range or not a number)
     except ValueError:
         return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and parts.username is None
+        and not parts.query
+        and not parts.fragment
+    )
 
 
 def did_document_url(did: str, plc_url: str) -> tuple[str, bool]:
     """Where the DID's document is, and whether that URL is trusted (the configured PLC)."""
-    if _DID_PLC.fullmatch(did):
+    if not is_did(did):
+        # Not a failure to retry: no directory will ever know it.
+        raise DidNotFoundError(f"{did[:100]!r} is not a did:plc or did:web DID")
+    if did.startswith("did:plc:"):
         return f"{plc_url.rstrip('/')}/{quote(did)}", True
-    if _DID_WEB.fullmatch(did):
-        host = unquote(did.removeprefix("did:web:"))
-        # The DID method says https; the reference implementation uses http for localhost.
-        scheme = "http" if host.split(":")[0] in ("localhost", "127.0.0.1") else "https"
-        return f"{scheme}://{host}/.well-known/did.json", False
-    # Not a failure to retry: no directory will ever know it.
-    raise DidNotFoundError(f"{did!r} is not a did:plc or did:web DID the mirror can resolve")
+    host = unquote(did.removeprefix("did:web:"))
+    # The DID method says https; the reference implementation uses http for localhost.
+    scheme = "http" if host.split(":")[0] == "localhost" else "https"
+    return f"{scheme}://{host}/.well-known/did.json", False
 
 
 async def resolve(client: XrpcClient, did: str, plc_url: str) -> Identity:

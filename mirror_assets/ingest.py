@@ -49,13 +49,15 @@ class IngestReport:
             "frames": stats.frames,
             **{f"events_{kind.replace(':', '_')}": n for kind, n in sorted(stats.events.items())},
             **{f"skipped_{reason}": n for reason, n in sorted(stats.skipped.items())},
+            "refused": len(stats.refused),
+            **stats.refused.summary(),
             "rows_upserted": applied.upserted,
             "rows_tombstoned": applied.tombstoned,
             "rows_stale": applied.stale,
             "rows_purged": applied.purged,
             "rows_hidden_changed": applied.hidden_changed,
             "accounts_changed": applied.accounts_changed,
-            "handles_updated": applied.handles_updated,
+            "identities_changed": applied.identities_changed,
             "new_dids": len(applied.new_dids),
             "cursor_gaps": applied.gaps,
             "cursor_before": self.cursor_before,
@@ -148,7 +150,10 @@ async def ingest(settings: Settings, store: Store) -> IngestReport:
                 if delivery.event is not None:
                     builder.add(delivery.event)
                 builder.advance(delivery.time_us, delivery.endpoint)
-                if len(builder) >= settings.ingest.flush_events:
+                if (
+                    len(builder) >= settings.ingest.flush_events
+                    or builder.record_bytes >= settings.ingest.flush_bytes
+                ):
                     await writer.submit(builder.build())
             if cursor_before is None and not read_anything:
                 # A first cycle on a quiet stream read nothing: without a cursor, the next one

@@ -24,14 +24,22 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from mirror_assets.batch import CursorGap
 from mirror_assets.config import IngestLimits
-from mirror_assets.events import BadFrame, CommitEvent, Event, Skip, decode_frame
+from mirror_assets.events import BadFrame, CommitEvent, Event, decode_frame
 from mirror_assets.nsids import CollectionFilter
+from mirror_assets.refusals import Reason, Refusals
 
 log = logging.getLogger(__name__)
 
-MAX_FRAME_BYTES = 4 * 1024 * 1024  # a record is at most 1 MiB; leave room for the envelope
+# A frame larger than this closes the connection (websockets cannot skip one), and the next
+# connection would meet it again: so it is larger than anything a relay that keeps the
+# protocol's limits can make Jetstream send. A commit carries at most 2,000,000 bytes of
+# records, and JSON spells a control character in six bytes: 12 MB, plus the envelope.
+# Refusing a record for its size (data_model.py) happens after it is read.
+MAX_FRAME_BYTES = 16 * 1024 * 1024
 _RECONNECT_DELAY = 0.2
 _CHUNK_FRAMES = 256  # frames taken off the socket under one timer
+_CHUNK_BYTES = 4 * 1024 * 1024  # and at most this much of them, so a chunk stays small
+UNTRACKED = "untracked_collection"  # commits of collections the mirror does not track
 _LINGER_SECONDS = 0.05  # how long a started chunk waits for more frames
 
 
@@ -64,7 +72,8 @@ class ReadStats:
 
     frames: int = 0
     events: Counter[str] = field(default_factory=Counter)  # kind, or commit:operation
-    skipped: Counter[str] = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)  # not refused, just not ours
+    refused: Refusals = field(default_factory=Refusals)
     connections: int = 0
     failures: list[str] = field(default_factory=list)
     endpoint: str | None = None
@@ -99,6 +108,7 @@ class JetstreamReader:
         self.start_cursor_us = cursor_us
         self.stats = ReadStats()
         self._last_time_us: int | None = None
+        self._latest_us = 0  # the newest believable frame time, renewed per chunk
 
     def _resume_cursor(self) -> int | None:
         """Where to (re)connect: the last event seen, else the stored cursor; minus the rewind."""
@@ -155,6 +165,8 @@ class JetstreamReader:
             self.stats.endpoint = url
             while True:
                 frames, stop = await self._receive(ws, limits.idle_seconds, deadline)
+                skew_us = int(limits.clock_skew_seconds * 1_000_000)
+                self._latest_us = time.time_ns() // 1000 + skew_us
                 for frame in frames:
                     if self.stats.frames >= limits.max_events:
                         self.stats.stop_reason = StopReason.EVENT_BUDGET
@@ -193,13 +205,16 @@ class JetstreamReader:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return frames, StopReason.TIME_BUDGET
+        size = 0
         try:
             async with asyncio.timeout(min(idle_seconds, remaining)) as timer:
                 frames.append(await ws.recv())
                 linger = asyncio.get_running_loop().time() + _LINGER_SECONDS
                 timer.reschedule(min(linger, timer.when() or linger))
-                while len(frames) < _CHUNK_FRAMES:
+                size = len(frames[0])
+                while len(frames) < _CHUNK_FRAMES and size < _CHUNK_BYTES:
                     frames.append(await ws.recv())
+                    size += len(frames[-1])
         except TimeoutError:
             if not frames:
                 timed_out_on_budget = time.monotonic() >= deadline
@@ -211,30 +226,25 @@ class JetstreamReader:
         return frames, None
 
     def _decode(self, frame: str | bytes, url: str) -> Delivery | None:
-        """Decode and filter one frame; count what is skipped. None: nothing to deliver."""
+        """Decode and filter one frame; count what is refused or skipped. None: nothing to
+        deliver (not even a time the cursor may move to)."""
         self.stats.frames += 1
         if isinstance(frame, bytes):
             # This reader never asks for compression: a binary frame is not ours to read.
-            self._skip(BadFrame(Skip.MALFORMED, "binary frame"), url)
+            self.stats.refused.add(Reason.MALFORMED, "a binary frame", url)
             return None
-        decoded = decode_frame(frame)
+        decoded = decode_frame(frame, self._latest_us)
         if isinstance(decoded, BadFrame):
-            self._skip(decoded, url)
+            self.stats.refused.add(decoded.reason, decoded.error, url)
             return None if decoded.time_us is None else Delivery(decoded.time_us, url)
         if isinstance(decoded, CommitEvent):
             if not self.collections.matches(decoded.commit.collection):
-                self.stats.skipped[Skip.UNTRACKED] += 1
+                self.stats.skipped[UNTRACKED] += 1
                 return Delivery(decoded.time_us, url)
             self.stats.events[f"commit:{decoded.commit.operation}"] += 1
         else:
             self.stats.events[str(type(decoded).__struct_config__.tag)] += 1
         return Delivery(decoded.time_us, url, decoded)
-
-    def _skip(self, bad: BadFrame, url: str) -> None:
-        self.stats.skipped[bad.reason] += 1
-        # Log the first few of each reason; the counts tell the rest.
-        if self.stats.skipped[bad.reason] <= 5:
-            log.warning("skipped a %s frame from %s: %s", bad.reason, url, bad.error)
 
     def _gap(self, url: str, cursor: int, first_event_us: int) -> CursorGap | None:
         """A first event far past the cursor means the server no longer had what we asked for."""

@@ -9,12 +9,14 @@ from mirror_assets.backfill_asset import did_backfill
 from mirror_assets.clustering_op import recluster_records
 from mirror_assets.discovery_asset import discovered_repos
 from mirror_assets.exports_asset import parquet_exports
+from mirror_assets.identities_asset import account_identities
 from mirror_assets.records_asset import records
 
 WRITER_TAG = "mirror/writer"
 INGEST_JOB = "ingest"
 BACKFILL_JOB = "backfill"
 DISCOVERY_JOB = "discovery"
+IDENTITIES_JOB = "identities"
 CHECKS_JOB = "checks"
 EXPORT_JOB = "export"
 RECLUSTER_JOB = "recluster"
@@ -58,6 +60,13 @@ discovery_job = dg.define_asset_job(
     executor_def=dg.in_process_executor,
 )
 
+identities_job = dg.define_asset_job(
+    IDENTITIES_JOB,
+    selection=[account_identities],
+    description="Read again the DID documents of changed identities and verify their handles.",
+    tags={WRITER_TAG: IDENTITIES_JOB},
+    executor_def=dg.in_process_executor,
+)
 
 checks_job = dg.define_asset_job(
     CHECKS_JOB,

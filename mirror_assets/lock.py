@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+LOCK_FILE_MODE = 0o600
 _FIRST_POLL = 0.0005
 MAX_POLL_SECONDS = 0.02  # a waiting process looks at the lock at least this often
 # A writer with one transaction after another leaves the file free at least this long in
@@ -45,8 +46,14 @@ def _lock_files(db_path: Path) -> tuple[Path, Path]:
 
 
 def _open(path: Path) -> int:
+    """Open a lock file, made readable and writable by its owner only: `flock` needs nothing
+    but an open file, so anyone who could open it could hold the lock and stop every writer."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, LOCK_FILE_MODE)
+    status = os.fstat(fd)
+    if status.st_mode & 0o077 and status.st_uid == os.geteuid():
+        os.fchmod(fd, LOCK_FILE_MODE)  # made open to others by an earlier version
+    return fd
 
 
 def _acquire(fd: int, mode: int, deadline: float, what: str) -> None:

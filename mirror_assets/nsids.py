@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
-# An NSID is three or more dot-separated segments; this check is deliberately lenient
-# (letters, digits and inner hyphens in every segment) and leaves the fine print to
-# Jetstream. A wildcard replaces the final segments with `*`.
-_SEGMENT = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_NSID = re.compile(rf"^{_SEGMENT}(?:\.{_SEGMENT}){{2,}}$")
-_PREFIX = re.compile(rf"^{_SEGMENT}(?:\.{_SEGMENT})*\.\*$")
+from mirror_assets.syntax import is_nsid, is_nsid_prefix
+
 MAX_COLLECTIONS = 100  # Jetstream's own limit on wantedCollections
-
-
-def is_nsid(text: str) -> bool:
-    """One exact NSID (no wildcard, no list)."""
-    return _NSID.fullmatch(text) is not None
 
 
 @dataclass(frozen=True)
@@ -40,7 +30,7 @@ class CollectionFilter:
         if len(patterns) > MAX_COLLECTIONS:
             raise ValueError(f"COLLECTIONS names {len(patterns)} entries; Jetstream takes 100")
         for pattern in patterns:
-            if not (_NSID.match(pattern) or _PREFIX.match(pattern)):
+            if not (is_nsid(pattern) or is_nsid_prefix(pattern)):
                 raise ValueError(
                     f"COLLECTIONS entry {pattern!r} is neither an NSID (app.blento.card) "
                     "nor a prefix wildcard (app.blento.*)"
@@ -48,7 +38,11 @@ class CollectionFilter:
         return cls(patterns)
 
     def matches(self, collection: str) -> bool:
-        return collection in self.exact or collection.startswith(self.prefixes)
+        """Whether a collection is tracked; one matched by a wildcard must be an NSID too
+        (anything may follow a prefix in what a stranger sends)."""
+        if collection in self.exact:
+            return True
+        return collection.startswith(self.prefixes) and is_nsid(collection)
 
     def __str__(self) -> str:
         return ",".join(self.patterns)

@@ -46,6 +46,8 @@ def ingest_metadata(report: IngestReport) -> dict[str, Any]:
         key: value for key, value in report.summary().items() if value is not None
     }
     metadata["new_dids_sample"] = dg.MetadataValue.json(report.applied.new_dids[:NEW_DIDS_SHOWN])
+    # One example per refusal reason: a new kind of hostile input shows here, not only in logs.
+    metadata["refusal_samples"] = dg.MetadataValue.json(report.stats.refused.samples)
     return metadata
 
 
@@ -53,7 +55,8 @@ def describe(report: IngestReport) -> str:
     """One line for logs and the CLI."""
     s = report.summary()
     return (
-        f"read {s['frames']} frames in {s['seconds']} s ({s['stop_reason']}); "
+        f"read {s['frames']} frames in {s['seconds']} s ({s['stop_reason']}), "
+        f"refused {s['refused']}; "
         f"upserted {s['rows_upserted']}, tombstoned {s['rows_tombstoned']}, "
         f"stale {s['rows_stale']}, purged {s['rows_purged']}; "
         f"{s['new_dids']} new DIDs; cursor {s['cursor_before']} -> {s['cursor_after']} "

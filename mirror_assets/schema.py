@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import duckdb
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Each entry upgrades the schema by one version; entry i takes version i to version i + 1.
 MIGRATIONS: tuple[str, ...] = (
@@ -145,6 +145,13 @@ MIGRATIONS: tuple[str, ...] = (
         backfilled_creates BIGINT NOT NULL,  -- of `creates`, those first found by a backfill
         PRIMARY KEY (collection, day)
     );
+    """,
+    # Version 5: a handle counts only once it resolves back to its DID (docs/validation.md).
+    # An identity event marks the DID for a new check (identities.py); handles stored before
+    # they were checked both ways are believed no longer, and are checked again.
+    """
+    ALTER TABLE accounts ADD COLUMN identity_stale BOOLEAN DEFAULT false;
+    UPDATE accounts SET identity_stale = true, handle = NULL WHERE handle IS NOT NULL;
     """,
 )
 

@@ -1,4 +1,5 @@
-"""Sensors: launch backfills of the DIDs that need one, and discovery of new collections.
+"""Sensors: launch backfills of the DIDs that need one, discovery of new collections, and
+checks of identities that changed.
 
 The backfill sensor reads which DIDs are due from the store (seen live, discovered, failed
 and due for a retry, marked for resync after a cursor gap, or claimed by a run that died),
@@ -14,10 +15,19 @@ import dagster as dg
 from mirror_assets.backfill_asset import DIDS, dids
 from mirror_assets.backfill_queue import due_dids
 from mirror_assets.discovery import never_completed
-from mirror_assets.identity import is_valid_did
-from mirror_assets.jobs import BACKFILL_JOB, DISCOVERY_JOB, backfill_job, discovery_job, in_flight
+from mirror_assets.identities import stale_identities
+from mirror_assets.jobs import (
+    BACKFILL_JOB,
+    DISCOVERY_JOB,
+    IDENTITIES_JOB,
+    backfill_job,
+    discovery_job,
+    identities_job,
+    in_flight,
+)
 from mirror_assets.resources import MirrorResource
 from mirror_assets.store import Store
+from mirror_assets.syntax import is_did
 
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
@@ -37,7 +47,9 @@ def backfill_sensor(
 ) -> dg.SensorResult | dg.SkipReason:
     settings = mirror.settings()
     with Store(settings.db_path).reading() as con:
-        due = [did for did in due_dids(con) if is_valid_did(did) and "..." not in did]
+        # A file written before DIDs were checked at the door may hold others; a strict DID
+        # never holds `...`, Dagster's range separator.
+        due = [did for did in due_dids(con) if is_did(did)]
     known = context.instance.get_dynamic_partitions(DIDS)
     known_set = set(known)
     new = [did for did in due if did not in known_set]
@@ -113,3 +125,21 @@ def discovery_sensor(
     # One try per hour at most: a relay that cannot be reached is not hammered.
     hour = datetime.now(UTC).strftime("%Y-%m-%dT%H")
     return dg.RunRequest(run_key=f"{settings.relay_url} {','.join(new)} {hour}")
+
+
+@dg.sensor(
+    job=identities_job,
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Checks identities again (PDS, handle) once identity events have marked them.",
+)
+def identity_sensor(
+    context: dg.SensorEvaluationContext, mirror: MirrorResource
+) -> dg.RunRequest | dg.SkipReason:
+    with Store(mirror.settings().db_path).reading() as con:
+        marked = len(stale_identities(con, 1))
+    if not marked:
+        return dg.SkipReason("no identity is marked for a check")
+    if in_flight(context.instance, IDENTITIES_JOB):
+        return dg.SkipReason("an identities run is in flight")
+    return dg.RunRequest()

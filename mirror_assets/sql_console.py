@@ -3,15 +3,19 @@
 Two fences keep the query from changing anything or reaching outside the mirror:
 
 1. Only a single SELECT (FROM-first, VALUES, SHOW, DESCRIBE and SUMMARIZE parse as SELECT)
-   or EXPLAIN is run; any other statement is refused before DuckDB executes it. This is
-   what refuses CREATE TEMP TABLE, SET, PRAGMA, CALL and the like.
+   or an EXPLAIN of one is run; any other statement is refused before DuckDB executes it.
+   This is what refuses CREATE TEMP TABLE, SET, PRAGMA, CALL and the like, also behind
+   `EXPLAIN ANALYZE`, which runs what it explains.
 2. DuckDB itself: the file is attached READ_ONLY to an in-memory instance, which then
    loses file-system and extension access (`enable_external_access = false`), and the
    configuration is locked so no statement can turn that back on. This catches what a
    SELECT can still reach: `read_csv('/etc/passwd')`, `read_parquet`, `glob`, sequences.
 
-The read lock is held only while the query runs and its rows are fetched: a waiting writer
-(the minute's ingest) waits for that, not for the printing.
+Two bounds keep it from holding up the mirror: the query is interrupted after
+SQL_TIMEOUT_SECONDS (30 s), and DuckDB may use SQL_MEMORY_LIMIT (1GB) for it, with no
+spilling to disk. The read lock is held only while the query runs and its rows are fetched:
+a waiting writer (the minute's ingest) waits for that, at most the time limit, not for the
+printing.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import csv
 import io
 import json
 import math
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,7 +40,6 @@ import duckdb
 from mirror_assets.lock import read_lock
 
 ATTACHED_AS = "mirror"
-ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 FORMATS = ("table", "csv", "json")
 MAX_CELL = 60  # characters of a value shown in the table format (csv and json keep all)
 _NUMBERS = (int, float, Decimal)
@@ -54,16 +58,47 @@ class QueryResult:
     truncated: bool  # more rows matched than were fetched
 
 
-def run_query(db_path: Path, sql: str, max_rows: int, lock_timeout: float = 120.0) -> QueryResult:
+@dataclass(frozen=True)
+class QueryLimits:
+    """How long a query may run and how much memory DuckDB may give it."""
+
+    timeout_seconds: float = 30.0
+    memory_limit: str = "1GB"
+
+
+def run_query(
+    db_path: Path,
+    sql: str,
+    max_rows: int,
+    limits: QueryLimits = QueryLimits(),
+    lock_timeout: float = 120.0,
+) -> QueryResult:
     """Run one read-only query and fetch at most `max_rows` rows of it."""
     if not db_path.exists():
         raise QueryRefusedError(f"no mirror at {db_path} yet: run `mirror init` or `mirror run`")
     try:
-        with read_lock(db_path, lock_timeout), read_only_instance(db_path) as con:
+        with read_lock(db_path, lock_timeout), read_only_instance(db_path, limits) as con:
             check_statement(con, sql)
-            cursor = con.execute(sql)
-            rows = cursor.fetchmany(max_rows + 1)
-            description = cursor.description or []
+            # The lock is held while the query runs: a query that runs long is stopped, so
+            # writers and the API wait at most this long for it.
+            timer = threading.Timer(limits.timeout_seconds, con.interrupt)
+            timer.start()
+            try:
+                cursor = con.execute(sql)
+                rows = cursor.fetchmany(max_rows + 1)
+                description = cursor.description or []
+            finally:
+                timer.cancel()
+    except duckdb.InterruptException:
+        raise QueryRefusedError(
+            f"the query ran longer than {limits.timeout_seconds:g} s and was stopped "
+            "(SQL_TIMEOUT_SECONDS); narrow it, or read the Parquet exports instead"
+        ) from None
+    except duckdb.OutOfMemoryException:
+        raise QueryRefusedError(
+            f"the query needs more than {limits.memory_limit} of memory (SQL_MEMORY_LIMIT); "
+            "narrow it, or read the Parquet exports instead"
+        ) from None
     except duckdb.Error as error:
         raise QueryRefusedError(_first_line(error)) from None
     return QueryResult(
@@ -75,7 +110,10 @@ def run_query(db_path: Path, sql: str, max_rows: int, lock_timeout: float = 120.
 
 
 @contextmanager
-def read_only_instance(db_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+def read_only_instance(
+    db_path: Path,
+    limits: QueryLimits = QueryLimits(),
+) -> Iterator[duckdb.DuckDBPyConnection]:
     """An in-memory DuckDB with the file attached READ_ONLY as the default database, and no
     way out to the file system. The caller holds the read lock."""
     con = duckdb.connect(":memory:")
@@ -84,6 +122,8 @@ def read_only_instance(db_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
         con.execute(f"ATTACH '{path}' AS {ATTACHED_AS} (READ_ONLY)")
         con.execute(f"USE {ATTACHED_AS}")  # so tables answer to their plain names
         con.execute("SET TimeZone = 'UTC'")  # times print as the mirror stores them
+        con.execute("SET memory_limit = ?", [limits.memory_limit])
+        con.execute("SET temp_directory = ''")  # past the limit it fails, never spills
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
         yield con
@@ -92,15 +132,43 @@ def read_only_instance(db_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
 
 
 def check_statement(con: duckdb.DuckDBPyConnection, sql: str) -> None:
-    """Refuse anything but one SELECT or EXPLAIN statement."""
+    """Refuse anything but one SELECT, or an EXPLAIN of one."""
     statements = con.extract_statements(sql)
     if len(statements) != 1:
         raise QueryRefusedError(f"give one statement, not {len(statements)}")
     kind = statements[0].type
-    if kind not in ALLOWED:
+    if kind == duckdb.StatementType.EXPLAIN:
+        check_statement(con, _explained(sql))
+    elif kind != duckdb.StatementType.SELECT:
         raise QueryRefusedError(
             f"only read-only queries (SELECT, EXPLAIN) are run, not {kind.name} statements"
         )
+
+
+def _explained(sql: str) -> str:
+    """The statement an EXPLAIN explains: after `EXPLAIN`, an optional `ANALYZE` and an
+    optional parenthesised list of options, found with DuckDB's own tokenizer."""
+    starts = [offset for offset, _ in duckdb.tokenize(sql)]
+    words = [sql[a:b].strip() for a, b in zip(starts, [*starts[1:], len(sql)], strict=True)]
+    position = 1  # past EXPLAIN
+    if position < len(words) and words[position].upper() in ("ANALYZE", "ANALYSE"):
+        position += 1
+    position = _past_options(words, position)
+    if position >= len(words):
+        raise QueryRefusedError("EXPLAIN of nothing")
+    return sql[starts[position] :]
+
+
+def _past_options(words: Sequence[str], position: int) -> int:
+    """The position after the parenthesised list of options at `position`, if there is one."""
+    if position >= len(words) or words[position] != "(":
+        return position
+    depth = 0
+    for index in range(position, len(words)):
+        depth += {"(": 1, ")": -1}.get(words[index], 0)
+        if depth == 0:
+            return index + 1
+    return len(words)
 
 
 def _first_line(error: Exception) -> str:

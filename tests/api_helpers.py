@@ -1,17 +1,24 @@
 """Helpers for the API tests: settings over a temporary file, expected bodies, page walks,
-backfill rows, and the writer loop the concurrency test runs in its own process."""
+backfill rows, rows stored by SQL, and the writer loop the concurrency test runs in its own
+process."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+import pyarrow as pa
 from litestar import Litestar
 from litestar.testing import TestClient
 
@@ -20,9 +27,11 @@ from mirror_assets.backfill_queue import queue
 from mirror_assets.config import Settings
 from mirror_assets.nsids import CollectionFilter
 from mirror_assets.store import Store
-from tests.events_factory import Event, event_uri
+from tests.events_factory import CARD, Event, event_uri
 
+ROOT = Path(__file__).resolve().parent.parent
 TRACKED = "app.blento.card,app.blento.page"
+STORED_CID = "bafyreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"  # of `store_rows`
 
 
 def settings_for(
@@ -107,6 +116,58 @@ def set_backfill(db_path: Path, did: str, collection: str, status: str) -> None:
         )
 
 
+def set_handle(db_path: Path, did: str, handle: str) -> None:
+    """Give a known account its handle, as the identity check stores one it has verified
+    both ways (the only handles `accounts.handle` holds)."""
+    with Store(db_path).writing() as tx:
+        updated = tx.con.execute(
+            "UPDATE accounts SET handle = ? WHERE did = ?", [handle, did]
+        ).fetchall()
+    assert updated == [(1,)], f"no account {did} to give a handle"
+
+
+def store_rows(
+    db_path: Path,
+    dids: list[str],
+    records: list[str],
+    times: list[int],
+    collection: str = CARD,
+    compressed: bool = True,
+    rkeys: list[str] | None = None,
+) -> list[str]:
+    """Live rows straight into `record_versions` by SQL, as a file written by an older
+    version of the mirror may hold them: the record JSON is stored as given, unchecked.
+    Record keys are `r<n>` unless given. Returns the rows' URIs.
+
+    `compressed=False` stores the columns uncompressed: DuckDB decompresses a whole vector
+    of long strings (2,048 records) to read any one of them, 30 ms for 2,000 records of
+    20 KB, which a test that reads thousands of pages cannot afford."""
+    rkeys = rkeys or [f"r{n}" for n in range(len(dids))]
+    uris = [f"at://{did}/{collection}/{rkey}" for did, rkey in zip(dids, rkeys, strict=True)]
+    rows = pa.table(
+        {
+            "uri": uris,
+            "did": dids,
+            "rkey": rkeys,
+            "record": records,
+            "time_us": pa.array(times, pa.int64()),
+        }
+    )
+    with Store(db_path).writing() as tx:
+        if not compressed:  # applies when the transaction's changes are checkpointed
+            tx.con.execute("SET force_compression = 'uncompressed'")
+        tx.con.register("stored_rows", rows)
+        tx.con.execute(
+            "INSERT INTO record_versions (uri, uri_hash, did, collection, rkey, cid, record, "
+            "rev, time_us, deleted, hidden, indexed_at) "
+            "SELECT uri, md5_number_lower(uri), did, $collection, rkey, $cid, record::JSON, "
+            "'3kaaaaaaaaaa2', time_us, false, false, now() FROM stored_rows",
+            {"collection": collection, "cid": STORED_CID},
+        )
+        tx.con.unregister("stored_rows")
+    return uris
+
+
 def open_files_of(path: Path) -> list[str]:
     """Paths this process holds open that are the DuckDB file or its WAL (Linux)."""
     names = {str(path), str(path) + ".wal"}
@@ -119,6 +180,76 @@ def open_files_of(path: Path) -> list[str]:
         if target in names:
             held.append(target)
     return held
+
+
+@dataclass(frozen=True)
+class ApiProcess:
+    base_url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+
+@contextmanager
+def serve_api(db_path: Path, log_path: Path, **env: str) -> Iterator[ApiProcess]:
+    """`mirror api` (uvicorn) over `db_path` on a free port, as a process of its own, until
+    the block ends; it runs the code of this work tree, from a folder with no `.env`."""
+    port = free_port()
+    environment = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "MIRROR_DB": str(db_path),
+        "API_HOST": "127.0.0.1",
+        "API_PORT": str(port),
+        "COLLECTIONS": TRACKED,
+        "DAGSTER_URL": f"http://127.0.0.1:{free_port()}",
+        **env,
+    }
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mirror_assets.cli", "api"],
+            env=environment,
+            cwd=log_path.parent,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            api = ApiProcess(f"http://127.0.0.1:{port}", process, log_path)
+            _wait_until_up(api)
+            yield api
+        finally:
+            _stop(process)
+
+
+def _wait_until_up(api: ApiProcess, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        assert api.process.poll() is None, api.log_path.read_text()
+        try:
+            if httpx.get(f"{api.base_url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "the API did not come up"
+        time.sleep(0.05)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def resident_bytes(pid: int) -> int:
+    """The process's resident set now (VmRSS, Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
 
 
 def free_port() -> int:

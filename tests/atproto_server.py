@@ -46,7 +46,14 @@ DID_CONTEXT = [
 ]
 MALFORMED_BODY = b'{"records": [{"uri": "at://'  # cut off mid-document: not JSON
 
-Record = tuple[str, dict[str, Any]]  # (cid, value)
+Record = tuple[str, "dict[str, Any] | RawJSON"]  # (cid, value)
+
+
+@dataclass(frozen=True)
+class RawJSON:
+    """A record value served as these exact characters, whatever they hold (a hostile PDS)."""
+
+    text: str
 
 
 @dataclass
@@ -186,6 +193,7 @@ class AtprotoStandIn:
         self._repeat_cursor: set[tuple[str, str]] = set()
         self._foreign: dict[tuple[str, str], str] = {}
         self._oversize: set[tuple[str, str]] = set()
+        self._page_cursor: dict[tuple[str, str], str] = {}
         self._hold: _Hold | None = None
         self._page_size = 500
         self._server: _Server | None = None
@@ -271,6 +279,23 @@ class AtprotoStandIn:
             repo.rev = self._tick()
         return rkeys
 
+    def put_raw_record(self, did: str, collection: str, rkey: str, cid: str, text: str) -> None:
+        """Serve `text` as the value of a record, character for character, valid or not."""
+        with self._lock:
+            repo = self._repo(did)
+            repo.collections.setdefault(collection, {})[rkey] = (cid, RawJSON(text))
+            repo.rev = self._tick()
+
+    def set_rev(self, did: str, rev: str) -> None:
+        """getLatestCommit answers this rev (anything) until the next commit."""
+        with self._lock:
+            self._repo(did).rev = rev
+
+    def page_cursor(self, did: str, collection: str, cursor: str) -> None:
+        """listRecords pages of the listing carry this cursor (of any length)."""
+        with self._lock:
+            self._page_cursor[(did, collection)] = cursor
+
     def delete_record(self, did: str, collection: str, rkey: str) -> None:
         """Delete a record in one commit; a record that is not there is a test bug (KeyError)."""
         with self._lock:
@@ -285,9 +310,15 @@ class AtprotoStandIn:
             return self._repo(did).rev
 
     def records(self, did: str, collection: str) -> dict[str, tuple[str, dict[str, Any]]]:
-        """The current records of a collection: rkey -> (cid, value), copies."""
+        """The current records of a collection: rkey -> (cid, value), copies (raw values, put
+        with `put_raw_record`, are left out)."""
         with self._lock:
-            return copy.deepcopy(self._repo(did).collections.get(collection, {}))
+            records = self._repo(did).collections.get(collection, {})
+            return {
+                rkey: (cid, copy.deepcopy(value))
+                for rkey, (cid, value) in records.items()
+                if not isinstance(value, RawJSON)
+            }
 
     def set_repo_status(self, did: str, status: str | None) -> None:
         """None (active), "takendown", "deactivated"; the repo's records are kept meanwhile."""
@@ -519,10 +550,8 @@ class AtprotoStandIn:
                     "value": value,
                 }
                 records.insert(0, foreign)
-            payload: dict[str, Any] = {"records": records}
-            if page:
-                payload["cursor"] = page[-1][0]
-            return _json(200, payload)
+            next_cursor = self._page_cursor.get(key, page[-1][0]) if page else None
+            return _Reply(200, _records_body(records, next_cursor))
 
     def _get_latest_commit(self, query: dict[str, str]) -> _Reply:
         missing = _missing(query, "did")
@@ -581,6 +610,19 @@ class AtprotoStandIn:
             }
         body = json.dumps(document).encode()
         return _Reply(200, body, content_type="application/did+ld+json")
+
+
+def _records_body(records: list[dict[str, Any]], cursor: str | None) -> bytes:
+    """A listRecords body; a `RawJSON` value goes in as its own characters."""
+    items = ",".join(_listed_record(record) for record in records)
+    tail = "" if cursor is None else ',"cursor":' + json.dumps(cursor)
+    return ('{"records":[' + items + "]" + tail + "}").encode()
+
+
+def _listed_record(record: dict[str, Any]) -> str:
+    value = record["value"]
+    text = value.text if isinstance(value, RawJSON) else json.dumps(value)
+    return f'{{"uri":{json.dumps(record["uri"])},"cid":{json.dumps(record["cid"])},"value":{text}}}'
 
 
 def _missing(query: dict[str, str], *names: str) -> _Reply | None:

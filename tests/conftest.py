@@ -1,12 +1,30 @@
-"""Fixtures shared by the suites that talk to the PLC, PDS and relay stand-in."""
+"""Fixtures shared by the suites that talk to the PLC, PDS and relay stand-in, and how the
+suite is spread over test processes (`pytest -n 2`, as `make test` runs it)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from xdist.scheduler import LoadScopeScheduling
 
 from tests.atproto_server import AtprotoStandIn
+
+# Tests that share one resource run in one test process: the interop network (a session
+# fixture, and one Node install) and the HTTPS server that holds port 443.
+SHARED_SCOPES = ("tests/interop/", "tests/test_handles.py")
+
+
+class _OneByOneButShared(LoadScopeScheduling):
+    """Each test is a unit of work of its own, but the tests of a shared scope are one."""
+
+    def _split_scope(self, nodeid: str) -> str:
+        return next((scope for scope in SHARED_SCOPES if nodeid.startswith(scope)), nodeid)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> LoadScopeScheduling:
+    return _OneByOneButShared(config, log)
 
 
 @pytest.fixture

@@ -7,8 +7,10 @@ them is never "caught up"); revs are small integers turned into real, sortable T
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import time
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -49,7 +51,16 @@ def iso(t: float) -> str:
 
 
 def did(name: str) -> str:
-    return f"did:plc:{name}"
+    """A did:plc named after `name`: the name's letters that base32 allows come first, so a
+    failing test shows whose DID it is, then its hash, to the 24 characters the method needs."""
+    readable = "".join(c for c in name.lower() if c in _TID_ALPHABET)[:12]
+    digest = base64.b32encode(hashlib.sha256(name.encode()).digest()).decode().lower()
+    return "did:plc:" + (readable + digest)[:24]
+
+
+def latest_us() -> int:
+    """The newest time a frame may carry when decoded now (the reader's own rule)."""
+    return time.time_ns() // 1000 + 600 * SECOND
 
 
 def numbered_did(n: int) -> str:

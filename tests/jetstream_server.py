@@ -22,7 +22,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 @dataclass(frozen=True)
 class Frame:
     time_us: int  # position in the stream, also for frames that carry no time themselves
-    text: str
+    text: str | bytes  # bytes go out as a binary frame
     collection: str | None = None  # set for commit events only
 
 
@@ -50,8 +50,9 @@ class JetstreamServer:
         )
         self.frames.append(Frame(int(event["time_us"]), json.dumps(event), collection))
 
-    def add_raw(self, text: str, time_us: int | None = None) -> None:
-        """Append any text frame (malformed ones too), at the time of the frame before it."""
+    def add_raw(self, text: str | bytes, time_us: int | None = None) -> None:
+        """Append any frame (malformed ones too; bytes as a binary frame), at the time of the
+        frame before it unless `time_us` says otherwise."""
         position = (
             time_us if time_us is not None else (self.frames[-1].time_us if self.frames else 0)
         )

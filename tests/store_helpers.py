@@ -11,7 +11,7 @@ from mirror_assets.apply import ApplyResult, apply_batch
 from mirror_assets.batch import BatchBuilder, CursorGap, EventBatch
 from mirror_assets.events import BadFrame, decode_frame
 from mirror_assets.store import Store
-from tests.events_factory import Event, RecordRow, TombstoneRow
+from tests.events_factory import Event, RecordRow, TombstoneRow, latest_us
 
 ENDPOINT = "ws://jetstream.test"
 
@@ -22,7 +22,7 @@ def batch_of(
     """A batch built the way the ingest cycle builds it: decode each frame, add, advance."""
     builder = BatchBuilder()
     for event in events:
-        decoded = decode_frame(json.dumps(event))
+        decoded = decode_frame(json.dumps(event), latest_us())
         assert not isinstance(decoded, BadFrame), decoded
         builder.add(decoded)
         builder.advance(decoded.time_us, endpoint)
@@ -54,9 +54,10 @@ def store_cursor(path: Path, cursor_us: int, endpoint: str = ENDPOINT) -> None:
 
 @dataclass
 class Account:
-    handle: str | None
+    handle: str | None  # only a handle checked both ways is kept
     status: str
     hidden: bool
+    identity_stale: bool = False  # an identity event asked for a new check of it
 
 
 @dataclass
@@ -104,10 +105,10 @@ def snapshot(path: Path) -> Snapshot:
         ).fetchall():
             assert uri not in snap.versions, f"two versions of {uri}"
             snap.versions[uri] = Version(rev_, deleted, hidden)
-        for did_, handle, status, hidden in con.execute(
-            "SELECT did, handle, status, hidden FROM accounts"
+        for did_, handle, status, hidden, stale in con.execute(
+            "SELECT did, handle, status, hidden, identity_stale FROM accounts"
         ).fetchall():
-            snap.accounts[did_] = Account(handle, status, hidden)
+            snap.accounts[did_] = Account(handle, status, hidden, stale)
         for did_, collection, status in con.execute(
             "SELECT did, collection, status FROM backfills"
         ).fetchall():

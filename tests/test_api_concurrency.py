@@ -10,8 +10,6 @@ for the lock must stay bounded.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -25,11 +23,10 @@ import httpx
 import pytest
 
 from mirror_assets.lock import MAX_POLL_SECONDS
-from tests.api_helpers import TRACKED, free_port
+from tests.api_helpers import ROOT, serve_api
 from tests.events_factory import CARD, PAGE, account, at, create, did
 from tests.store_helpers import apply_events, store_cursor
 
-ROOT = Path(__file__).resolve().parent.parent
 CLIENTS = 32
 SECONDS = 20.0
 # The writer commits one small transaction, then leaves the file free for
@@ -71,46 +68,9 @@ def db(tmp_path: Path) -> Path:
 @pytest.fixture
 def server(db: Path, tmp_path: Path) -> Iterator[str]:
     """`mirror api` on a free port, until the test ends; yields its base URL."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "MIRROR_DB": str(db),
-        "API_HOST": "127.0.0.1",
-        "API_PORT": str(port),
-        "COLLECTIONS": TRACKED,
-        "DAGSTER_URL": f"http://127.0.0.1:{free_port()}",
-    }
-    log = (tmp_path / "api.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mirror_assets.cli", "api"],
-        env=env,
-        cwd=tmp_path,  # no stray .env
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert process.poll() is None, (tmp_path / "api.log").read_text()
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the API did not come up"
-            time.sleep(0.05)
-        yield base
-        assert process.poll() is None, "the API exited under load"
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        log.close()
+    with serve_api(db, tmp_path / "api.log") as api:
+        yield api.base_url
+        assert api.process.poll() is None, "the API exited under load"
 
 
 class Load:

@@ -39,6 +39,7 @@ from tests.atproto_server import (
     AtprotoStandIn,
     endpoint_of,
 )
+from tests.dns_server import running_dns
 from tests.events_factory import (
     BASE_US,
     CARD,
@@ -81,6 +82,7 @@ def settings_for(
     *,
     collections: str = TRACKED,
     allow_private_network: bool = True,
+    dns_servers: tuple[str, ...] = (),
     **limits: Any,
 ) -> Settings:
     backfill = {
@@ -95,6 +97,7 @@ def settings_for(
         plc_url=net.url,
         relay_url=net.url,
         allow_private_network=allow_private_network,
+        dns_servers=dns_servers,
         collections=CollectionFilter.parse(collections),
         backfill=BackfillLimits(**backfill),
     )
@@ -318,8 +321,8 @@ def test_listings_of_0_1_100_and_1050_records_are_complete_and_exact(
             == 1
         )
     assert set(visible(db, plc("big"))) == set(pds_rows(net, plc("big"), CARD, "x"))
-    # The stream gave these queued DIDs no handle: the DID document's is kept.
-    assert {d: handle_of(db, d) for d in sizes} == {d: f"{d[-6:]}.test" for d in sizes}
+    # Their DID documents claim handles that resolve nowhere: none is believed.
+    assert {d: handle_of(db, d) for d in sizes} == dict.fromkeys(sizes)
 
 
 def test_record_time_from_tid_else_created_at_else_first_seen(
@@ -876,7 +879,7 @@ def test_records_of_another_repo_are_refused_and_counted(net: AtprotoStandIn, db
     report = run_backfill(settings_for(db, net), [d])
 
     # Pages of 99 listed records and one foreign: 99 + 51, then the empty page.
-    assert report.refused == {"other_repo_or_collection": 2, "not_an_object": 1}
+    assert report.refused.counts == {"other_repo_or_collection": 2, "record_not_object": 1}
     assert report.records_listed == 152
     expected = pds_rows(net, d, CARD, net.rev(d))
     del expected[uri_of(d, CARD, not_object)]
@@ -903,18 +906,20 @@ def test_a_did_document_pointing_at_a_private_address_is_refused(
     net: AtprotoStandIn, db: Path
 ) -> None:
     d = plc("private")
-    net.add_account(d)  # its document names this server, on 127.0.0.1
-    net.create_records(d, CARD, 3)
-    queue_backfills(db, (d, CARD))
+    with AtprotoStandIn() as pds:  # another origin than PLC_URL's, on 127.0.0.1 too
+        net.add_account(d, pds_url=pds.url)
+        pds.add_account(d)
+        pds.create_records(d, CARD, 3)
+        queue_backfills(db, (d, CARD))
 
-    report = run_backfill(settings_for(db, net, allow_private_network=False), [d])
+        report = run_backfill(settings_for(db, net, allow_private_network=False), [d])
 
+        assert pds.requests == []
     assert report.ended == {"failed": 1}
     row = backfill_row(db, d)
     assert row is not None and row.status == "failed"
     assert row.last_error is not None and "MIRROR_ALLOW_PRIVATE_NETWORK" in row.last_error
     assert net.count(PLC) == 1  # PLC_URL is configured, so trusted
-    assert net.count(GET_LATEST_COMMIT) == net.count(LIST_RECORDS) == 0
     assert stored(db, d) == {}
 
 
@@ -948,26 +953,32 @@ def test_a_broken_did_document_fails_its_own_did_only(
 
 
 def test_a_did_web_is_resolved_through_its_host(net: AtprotoStandIn, db: Path) -> None:
-    port = net.url.rsplit(":", 1)[1]
-    d = f"did:web:127.0.0.1%3A{port}"
-    net.add_account(d)
-    net.create_records(d, CARD, 120)
-    net.set_web_document(pds_document(d, net.url, handle="web.test"))
-    queue_backfills(db, (d, CARD))
+    """The DID's own host serves its document (the protocol allows a port in a did:web only
+    on `localhost`, for development); PLC is not asked."""
+    with AtprotoStandIn() as web, running_dns() as dns:
+        port = web.url.rsplit(":", 1)[1]
+        d = f"did:web:localhost%3A{port}"
+        web.add_account(d)
+        web.create_records(d, CARD, 120)
+        web.set_web_document(pds_document(d, web.url, handle="web.test"))
+        dns.set("_atproto.web.test", "TXT", f"did={d}")
+        queue_backfills(db, (d, CARD))
 
-    report = run_backfill(settings_for(db, net, allow_private_network=False), [d])
+        report = run_backfill(settings_for(db, net, allow_private_network=False), [d])
 
-    # A did:web host is not the operator's: the guard refuses it before any request.
-    assert report.ended == {"failed": 1}
-    row = backfill_row(db, d)
-    assert row is not None and row.last_error and "MIRROR_ALLOW_PRIVATE_NETWORK" in row.last_error
-    assert net.requests == []
+        # A did:web host is not the operator's: the guard refuses it before any request.
+        assert report.ended == {"failed": 1}
+        row = backfill_row(db, d)
+        assert row is not None and row.last_error
+        assert "MIRROR_ALLOW_PRIVATE_NETWORK" in row.last_error
+        assert web.requests == []
 
-    report = run_backfill(settings_for(db, net, retry_seconds=0.01), [d], restart=[(d, CARD)])
-    assert report.completed == 1
-    assert net.count(PLC) == 0 and net.count("web") == 1
-    assert stored(db, d) == pds_rows(net, d, CARD, net.rev(d))
-    assert handle_of(db, d) == "web.test"
+        settings = settings_for(db, net, retry_seconds=0.01, dns_servers=(dns.server,))
+        report = run_backfill(settings, [d], restart=[(d, CARD)])
+        assert report.completed == 1
+        assert net.count(PLC) == 0 and web.count("web") == 1
+        assert stored(db, d) == pds_rows(web, d, CARD, web.rev(d))
+        assert handle_of(db, d) == "web.test"  # its DNS TXT record names the DID
 
 
 def test_an_account_that_moved_is_listed_from_its_new_pds(net: AtprotoStandIn, db: Path) -> None:
@@ -1174,5 +1185,6 @@ def test_the_resolved_pds_is_reused_until_an_identity_event(net: AtprotoStandIn,
     run_backfill(settings, [d], restart=[(d, CARD)])
 
     assert net.count(PLC) == 2
-    assert handle_of(db, d) == "renamed.test"  # the stream's handle is not overwritten
+    # The document still claims cached.test, which resolves nowhere: neither handle counts.
+    assert handle_of(db, d) is None
     assert status_of(db, d) == "complete"

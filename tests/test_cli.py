@@ -216,6 +216,13 @@ def test_backfill_refuses_what_it_cannot_do(project: Path, args: list[str], mess
         ("INGEST_IDLE_SECONDS", "soon", "is not a number"),
         ("PLC_URL", "plc.directory", "must start with http:// or https://"),
         ("BACKFILL_PER_HOST", "0", "must be greater than zero"),
+        ("COLLECTIONS", "app.blento.card-v2", "is neither an NSID"),
+        ("DNS_SERVERS", "dns.example.com", "is not an IP address with an optional port"),
+        ("DNS_SERVERS", "127.0.0.1:99999", "is not an IP address with an optional port"),
+        ("HANDLE_RESOLVER_URL", "bsky.social", "must start with http:// or https://"),
+        ("SQL_MEMORY_LIMIT", "a lot", "is not a size such as 512MB or 2GB"),
+        ("API_CACHE_BYTES", "-1", "must be greater than zero"),
+        ("INGEST_CLOCK_SKEW_SECONDS", "later", "is not a number"),
     ],
 )
 def test_bad_configuration_is_a_clear_error(

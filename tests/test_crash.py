@@ -41,6 +41,7 @@ import pytest
 from mirror_assets.lock import read_lock
 from mirror_assets.schema import current_version
 from mirror_assets.store import Store
+from tests.events_factory import did, numbered_did
 from tests.jetstream_server import JetstreamServer
 from tests.proc_locks import flock_holders
 
@@ -158,17 +159,22 @@ def build_stream(seed: int = 20240607, n_dids: int = 140, commits_per_did: int =
         # Now and then two events share a time_us (never two of one account).
         if not (i != last_did and rng.random() < 0.05):
             time_us += STEP_US
-        did = f"did:plc:crash{i:05d}"
+        author = numbered_did(i)
         seq += 1
-        event: dict[str, Any] = {"did": did, "time_us": time_us}
+        event: dict[str, Any] = {"did": author, "time_us": time_us}
         kind = action[0]
         if kind == "identity":
             event |= {
                 "kind": "identity",
-                "identity": {"did": did, "handle": action[1], "seq": seq, "time": _iso(time_us)},
+                "identity": {
+                    "did": author,
+                    "handle": action[1],
+                    "seq": seq,
+                    "time": _iso(time_us),
+                },
             }
         elif kind == "account":
-            info: dict[str, Any] = {"active": action[1], "did": did, "seq": seq}
+            info: dict[str, Any] = {"active": action[1], "did": author, "seq": seq}
             info["time"] = _iso(time_us)
             if action[2] is not None:
                 info["status"] = action[2]
@@ -338,7 +344,7 @@ def _state(db: Path) -> State | None:
                 "ORDER BY uri"
             ).fetchall()
             accounts = con.execute(
-                "SELECT did, status, handle, hidden FROM accounts ORDER BY did"
+                "SELECT did, status, handle, hidden, identity_stale FROM accounts ORDER BY did"
             ).fetchall()
             backfills = con.execute(
                 "SELECT did, collection, status FROM backfills ORDER BY did, collection"
@@ -492,7 +498,7 @@ def test_restart_between_a_new_accounts_handle_and_first_commit_changes_nothing(
 ) -> None:
     """The identity event of a new account, then its first commit, with a (crash) restart."""
     base = int(time.time() * 1e6) - 3600 * 1_000_000
-    filler, newcomer = "did:plc:filler", "did:plc:newcomer"
+    filler, newcomer = did("filler"), did("newcomer")
     events: list[dict[str, Any]] = []
     for i in range(2 * FLUSH_EVENTS):
         time_us = base + i * STEP_US
@@ -502,7 +508,7 @@ def test_restart_between_a_new_accounts_handle_and_first_commit_changes_nothing(
                 {"did": newcomer, "time_us": time_us, "kind": "identity", "identity": identity}
             )
             continue
-        did = newcomer if i == FLUSH_EVENTS + 10 else filler
+        author = newcomer if i == FLUSH_EVENTS + 10 else filler
         commit = {
             "rev": _tid(time_us, 0),
             "operation": "create",
@@ -511,11 +517,13 @@ def test_restart_between_a_new_accounts_handle_and_first_commit_changes_nothing(
             "record": {"$type": COLLECTIONS[0], "text": str(i)},
             "cid": f"bafyrei{i:040d}",
         }
-        events.append({"did": did, "time_us": time_us, "kind": "commit", "commit": commit})
+        events.append({"did": author, "time_us": time_us, "kind": "commit", "commit": commit})
 
     def handles(db: Path) -> list[tuple[Any, ...]]:
         with Store(db).reading() as con:
-            return con.execute("SELECT did, handle FROM accounts ORDER BY did").fetchall()
+            return con.execute(
+                "SELECT did, handle, identity_stale FROM accounts ORDER BY did"
+            ).fetchall()
 
     server = JetstreamServer()
     with server:

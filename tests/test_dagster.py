@@ -71,14 +71,18 @@ def test_records_materializes_from_jetstream(tmp_path: Path, instance: dg.Dagste
     assert metadata["new_dids"] == 2
     assert metadata["cursor_after"] == at(11)
     assert metadata["stop_reason"] == "idle"
-    assert sorted(metadata["new_dids_sample"]) == ["did:plc:user0", "did:plc:user1"]
+    assert metadata["identities_changed"] == 1
+    assert metadata["refused"] == 0 and metadata["refusal_samples"] == {}
+    assert sorted(metadata["new_dids_sample"]) == sorted([did("user0"), did("user1")])
     with Store(db).reading() as con:
         live = con.execute("SELECT uri FROM records ORDER BY uri").fetchall()
-        handle = con.execute("SELECT handle FROM accounts WHERE did = 'did:plc:user1'").fetchall()
+        marked = con.execute(
+            "SELECT handle, identity_stale FROM accounts WHERE did = ?", [did("user1")]
+        ).fetchall()
     assert [uri for (uri,) in live] == sorted(
-        f"at://did:plc:user{n % 2}/app.blento.card/r{n}" for n in (1, 2, 3, 4)
+        f"at://{did(f'user{n % 2}')}/app.blento.card/r{n}" for n in (1, 2, 3, 4)
     )
-    assert handle == [("one.example.com",)]
+    assert marked == [(None, True)]  # its handle waits for a check both ways
 
 
 def test_records_run_fails_visibly_when_no_jetstream_answers(
@@ -151,4 +155,5 @@ def test_dagster_yaml_limits_writer_runs_as_the_sensor_does(tmp_path: Path) -> N
     assert {"key": "mirror/writer", "value": "ingest", "limit": 1} in limits
     assert {"key": "mirror/writer", "value": "backfill", "limit": MAX_BACKFILL_RUNS} in limits
     assert {"key": "mirror/writer", "value": "discovery", "limit": 1} in limits
+    assert {"key": "mirror/writer", "value": "identities", "limit": 1} in limits
     assert {"key": "mirror/writer", "value": "recluster", "limit": 1} in limits

@@ -19,7 +19,9 @@ def test_definitions_load_with_the_lineage_the_data_follows() -> None:
         "jetstream",
         "pds",
         "relay",
+        "identity_sources",
         "records",
+        "account_identities",
         "discovered_repos",
         "did_backfill",
         "user_counts",
@@ -29,6 +31,7 @@ def test_definitions_load_with_the_lineage_the_data_follows() -> None:
     }
     assert _parents("records") == {"jetstream"}
     assert _parents("discovered_repos") == {"relay"}
+    assert _parents("account_identities") == {"identity_sources", "records"}
     assert _parents("did_backfill") == {"pds", "records", "discovered_repos"}
     for table in ("user_counts", "collection_stats", "daily_activity"):
         assert _parents(table) == {"records", "did_backfill"}
@@ -87,8 +90,12 @@ def test_the_scanning_checks_run_hourly_and_the_exports_on_their_cron() -> None:
         assert "mirror/writer" not in defs.resolve_job_def(job).tags
 
 
-def test_backfill_and_discovery_run_by_themselves() -> None:
-    for name, job in (("backfill_sensor", "backfill"), ("discovery_sensor", "discovery")):
+def test_backfill_discovery_and_identity_checks_run_by_themselves() -> None:
+    for name, job in (
+        ("backfill_sensor", "backfill"),
+        ("discovery_sensor", "discovery"),
+        ("identity_sensor", "identities"),
+    ):
         sensor = defs.resolve_sensor_def(name)
         assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
         assert sensor.job_name == job

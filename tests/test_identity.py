@@ -20,12 +20,10 @@ from mirror_assets.identity import (
     Identity,
     IdentityError,
     did_document_url,
-    is_valid_did,
     resolve,
 )
 from mirror_assets.net_guard import AddressGuard, RefusedAddressError
 from mirror_assets.pds import (
-    ListedRecord,
     ListRecordsAnswer,
     Page,
     StuckCursorError,
@@ -92,37 +90,6 @@ def page_of(net: AtprotoStandIn, did: str, cursor: str | None = None) -> Page:
 # -- DID syntax and where the document is -------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "did",
-    [
-        "did:plc:ewvi7nxzyoun6zhxrhs64oiz",
-        "did:web:example.com",
-        "did:web:localhost%3A8080",
-        "did:key:zQ3shunBKsXixLxKtC5qeSG9E4J5RkGN57im31pcTzbNQnm5w",
-        "did:plc:" + "a" * 2040,  # exactly MAX_DID_LENGTH
-    ],
-)
-def test_is_valid_did_accepts_dids_of_any_method(did: str) -> None:
-    assert is_valid_did(did)
-
-
-@pytest.mark.parametrize(
-    "did",
-    [
-        "did:plc:",
-        "plc:ewvi7nxzyoun6zhxrhs64oiz",
-        "did:PLC:ewvi7nxzyoun6zhxrhs64oiz",
-        "did:plc:ewvi7nxzyoun6zhxrhs64oiz:",
-        "did:web:example.com%",
-        "did:plc:" + "a" * 2041,  # one over MAX_DID_LENGTH
-        "did:plc:ewvi7nxzyoun6zhxrhs64oiz ",
-        "",
-    ],
-)
-def test_is_valid_did_refuses_what_is_not_a_did(did: str) -> None:
-    assert not is_valid_did(did)
-
-
 @pytest.mark.parametrize("plc_url", ["https://plc.directory", "https://plc.directory/"])
 def test_a_did_plc_document_is_under_the_trusted_plc_url(plc_url: str) -> None:
     url, trusted = did_document_url("did:plc:ewvi7nxzyoun6zhxrhs64oiz", plc_url)
@@ -135,10 +102,9 @@ def test_a_did_plc_document_is_under_the_trusted_plc_url(plc_url: str) -> None:
     ("did", "url"),
     [
         ("did:web:example.com", "https://example.com/.well-known/did.json"),
-        ("did:web:pds.example.com%3A8443", "https://pds.example.com:8443/.well-known/did.json"),
         ("did:web:localhost", "http://localhost/.well-known/did.json"),
         ("did:web:localhost%3A8080", "http://localhost:8080/.well-known/did.json"),
-        ("did:web:127.0.0.1%3a2583", "http://127.0.0.1:2583/.well-known/did.json"),
+        ("did:web:localhost%3a2583", "http://localhost:2583/.well-known/did.json"),
         ("did:web:localhost.example.com", "https://localhost.example.com/.well-known/did.json"),
     ],
 )
@@ -150,6 +116,8 @@ def test_a_did_web_document_is_at_the_hosts_well_known_path_untrusted(did: str, 
     "did",
     [
         "did:web:example.com:user",  # did:web with a path: not an atproto DID
+        "did:web:pds.example.com%3A8443",  # a port outside localhost
+        "did:web:127.0.0.1%3A2583",  # an address, not a host name
         "did:key:zQ3shunBKsXixLxKtC5qeSG9E4J5RkGN57im31pcTzbNQnm5w",
         "did:plc:tooshort",
         "did:plc:ewvi7nxzyoun6zhxrhs64oi0",  # 0 is not base32
@@ -212,6 +180,10 @@ def test_a_document_without_a_pds_service_is_refused(net: AtprotoStandIn) -> Non
         "ftp://pds.example.com",
         "pds.example.com",
         "https://",
+        "https://user:secret@pds.example.com",
+        "https://pds.example.com/?next=http://127.0.0.1",
+        "https://pds.example.com/#fragment",
+        "https://pds.example.com/" + "x" * 600,
     ],
 )
 def test_a_pds_endpoint_that_is_not_an_http_url_is_refused(
@@ -219,7 +191,7 @@ def test_a_pds_endpoint_that_is_not_an_http_url_is_refused(
 ) -> None:
     net.set_did_document(ALICE, document(ALICE, endpoint))
 
-    with pytest.raises(IdentityError, match="is not a URL"):
+    with pytest.raises(IdentityError, match="is not an http"):
         resolve_on(net, ALICE)
     assert net.count(PLC) == 1  # a bad document is an answer, not a failure to retry
 
@@ -260,7 +232,8 @@ def test_a_malformed_document_once_is_retried(net: AtprotoStandIn) -> None:
 
 
 def web_did(net: AtprotoStandIn) -> str:
-    return "did:web:" + net.url.removeprefix("http://").replace(":", "%3A")
+    """A did:web of the stand-in's own host: `localhost`, the one host that may have a port."""
+    return "did:web:localhost%3A" + net.url.rsplit(":", 1)[1]
 
 
 def test_a_did_web_resolves_through_the_host_itself(net: AtprotoStandIn) -> None:
@@ -354,7 +327,7 @@ def test_a_page_keeps_the_records_bytes_rkeys_and_times(net: AtprotoStandIn) -> 
     assert [json.loads(e.value) for e in page.entries] == [stored[e.rkey][1] for e in page.entries]
     assert [e.cid for e in page.entries] == [stored[e.rkey][0] for e in page.entries]
     assert [e.time_us for e in page.entries] == [BASE_US + i for i in (2, 1, 0)]  # the TIDs
-    assert (page.listed, page.next_cursor, page.refused, page.oversized) == (
+    assert (page.listed, page.next_cursor, page.refused.counts, page.oversized) == (
         3,
         min(rkeys),
         {},
@@ -372,7 +345,7 @@ def test_a_record_of_another_repo_is_dropped_and_counted(net: AtprotoStandIn) ->
 
     assert page.listed == 4
     assert [e.rkey for e in page.entries] == sorted(rkeys, reverse=True)
-    assert page.refused == {"other_repo_or_collection": 1}
+    assert page.refused.counts == {"other_repo_or_collection": 1}
 
 
 def test_an_oversized_page_is_flagged_and_kept_whole(net: AtprotoStandIn) -> None:
@@ -385,7 +358,7 @@ def test_an_oversized_page_is_flagged_and_kept_whole(net: AtprotoStandIn) -> Non
     assert page.oversized is True
     assert page.listed == len(page.entries) == 105
     assert [e.rkey for e in page.entries] == sorted(rkeys, reverse=True)[:105]
-    assert page.refused == {}
+    assert page.refused.counts == {}
 
 
 def test_a_page_answering_with_the_cursor_it_was_asked_for_is_stuck(net: AtprotoStandIn) -> None:
@@ -400,23 +373,35 @@ def test_a_page_answering_with_the_cursor_it_was_asked_for_is_stuck(net: Atproto
     assert net.count(LIST_RECORDS) == 2
 
 
-def listed(uri: str, value: bytes) -> ListedRecord:
-    return ListedRecord(uri=uri, cid="bafyreiexample", value=msgspec.Raw(value))
+def listed(uri: str, value: bytes, cid: Any = "bafyreiexample") -> msgspec.Raw:
+    """One record of a listRecords answer, as the PDS sent it."""
+    return msgspec.Raw(
+        b'{"uri":%s,"cid":%s,"value":%s}'
+        % (json.dumps(uri).encode(), json.dumps(cid).encode(), value)
+    )
 
 
 def test_records_outside_the_listing_asked_for_are_dropped_by_reason() -> None:
     prefix = f"at://{ALICE}/{CARD}"
+    good = b'{"$type":"app.blento.card","createdAt":"2024-08-30T06:40:00.000Z"}'
     answer = ListRecordsAnswer(
         records=[
-            listed(f"{prefix}/3kgood", b'{"createdAt": "2024-08-30T06:40:00.000Z"}'),
-            listed(f"at://{BOB}/{CARD}/3kbob", b"{}"),
-            listed(f"at://{ALICE}/{PAGE}/3kpage", b"{}"),
-            listed(f"at://{ALICE}/{CARD}x/3kprefix", b"{}"),
-            listed(f"{prefix}/", b"{}"),  # no rkey
-            listed(f"{prefix}/3k/deeper", b"{}"),
+            listed(f"{prefix}/3kgood", good),
+            listed(f"at://{BOB}/{CARD}/3kbob", good),
+            listed(f"at://{ALICE}/{PAGE}/3kpage", good),
+            listed(f"at://{ALICE}/{CARD}x/3kprefix", good),
+            listed(f"{prefix}/", good),  # no rkey
+            listed(f"{prefix}/3k/deeper", good),
+            listed(f"{prefix}/..", good),
             listed(f"{prefix}/3klist", b"[1]"),
             listed(f"{prefix}/3kstring", b'"text"'),
             listed(f"{prefix}/3knull", b"null"),
+            listed(f"{prefix}/3knotype", b'{"a": 1}'),
+            listed(f"{prefix}/3kfloat", b'{"$type":"app.blento.card","a":0.5}'),
+            listed(f"{prefix}/3kbadcid", good, cid="not a cid"),
+            listed(f"{prefix}/3kcidnumber", good, cid=12),
+            msgspec.Raw(b'{"uri": 17}'),
+            msgspec.Raw(b"[]"),
         ],
         cursor="3knull",
     )
@@ -424,18 +409,26 @@ def test_records_outside_the_listing_asked_for_are_dropped_by_reason() -> None:
     page = check_page(answer, ALICE, CARD, FETCHED_US)
 
     assert [e.rkey for e in page.entries] == ["3kgood"]
-    assert page.refused == {"other_repo_or_collection": 5, "not_an_object": 3}
-    assert (page.listed, page.next_cursor, page.oversized) == (9, "3knull", False)
+    assert page.refused.counts == {
+        "other_repo_or_collection": 3,
+        "invalid_rkey": 3,
+        "record_not_object": 3,
+        "record_bad_type": 1,
+        "record_float": 1,
+        "invalid_cid": 1,
+        "invalid": 3,
+    }
+    assert (page.listed, page.next_cursor, page.oversized) == (16, "3knull", False)
 
 
 @pytest.mark.parametrize(
     ("value", "time_us"),
     [
-        (b'{"createdAt": "2024-08-30T06:40:00.000Z"}', BASE_US),
-        (b'{"createdAt": 1725000000}', FETCHED_US),
-        (b'{"createdAt": {"$date": "2024"}}', FETCHED_US),
-        (b'{"createdAt": null}', FETCHED_US),
-        (b'{"text": "no date"}', FETCHED_US),
+        (b'{"$type":"a.b.c","createdAt":"2024-08-30T06:40:00.000Z"}', BASE_US),
+        (b'{"$type":"a.b.c","createdAt":1725000000}', FETCHED_US),
+        (b'{"$type":"a.b.c","createdAt":{"$date":"2024"}}', FETCHED_US),
+        (b'{"$type":"a.b.c","createdAt":null}', FETCHED_US),
+        (b'{"$type":"a.b.c","text":"no date"}', FETCHED_US),
     ],
 )
 def test_a_record_without_a_tid_is_timed_by_a_created_at_string(value: bytes, time_us: int) -> None:
@@ -444,3 +437,18 @@ def test_a_record_without_a_tid_is_timed_by_a_created_at_string(value: bytes, ti
     page = check_page(answer, ALICE, CARD, FETCHED_US)
 
     assert [(e.rkey, e.value, e.time_us) for e in page.entries] == [("3krkey", value, time_us)]
+
+
+def test_the_claimed_handle_is_the_first_valid_one_lowercased(net: AtprotoStandIn) -> None:
+    doc = document(ALICE, "https://pds.example.com")
+    doc["alsoKnownAs"] = [
+        "at://not a handle",
+        17,
+        "at://127.0.0.1",
+        "https://elsewhere.example",
+        "at://Alice.Example.COM",
+        "at://second.example.com",
+    ]
+    net.set_did_document(ALICE, doc)
+
+    assert resolve_on(net, ALICE).claimed_handle == "alice.example.com"

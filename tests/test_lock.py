@@ -14,6 +14,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import stat
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -522,3 +523,31 @@ def test_duckdb_writer_and_reader_processes_never_conflict(
     )
     assert total >= 200, f"only {total} iterations"
     assert readers_blocked > 0 and writers_blocked > 0, (readers_blocked, writers_blocked)
+
+
+def test_lock_files_are_for_their_owner_only_even_under_umask_0(tmp_path: Path) -> None:
+    """`flock` needs nothing but an open file: whoever can open a lock file can hold it and
+    stop every writer."""
+    db = tmp_path / "mirror.duckdb"
+    old = os.umask(0)
+    try:
+        with write_lock(db):
+            pass
+        with read_lock(db):
+            pass
+    finally:
+        os.umask(old)
+    for suffix in (".gate", ".rw"):
+        assert stat.S_IMODE((tmp_path / f"mirror.duckdb{suffix}").stat().st_mode) == 0o600
+
+
+def test_lock_files_an_earlier_version_left_open_are_tightened(tmp_path: Path) -> None:
+    db = tmp_path / "mirror.duckdb"
+    for suffix in (".gate", ".rw"):
+        path = tmp_path / f"mirror.duckdb{suffix}"
+        path.touch()
+        path.chmod(0o666)
+    with read_lock(db):
+        pass
+    for suffix in (".gate", ".rw"):
+        assert stat.S_IMODE((tmp_path / f"mirror.duckdb{suffix}").stat().st_mode) == 0o600

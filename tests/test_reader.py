@@ -1,4 +1,5 @@
-"""The API's reader: answers kept per version of the file, recomputed after every write."""
+"""The API's reader: answers kept per version of the file, within a bound of bytes, and
+recomputed after every write."""
 
 from __future__ import annotations
 
@@ -47,8 +48,67 @@ def test_a_question_is_answered_once_per_version_of_the_file(tmp_path: Path) -> 
     reader.close()
 
 
-def test_the_answers_kept_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(reader_module, "MAX_CACHED_ANSWERS", 2)
+def _sized(calls: list[str], name: str, size: int) -> Callable[[duckdb.DuckDBPyConnection], str]:
+    """A question whose answer is a string of JSON `size` bytes long, noting each time it
+    is actually asked."""
+
+    def answer(con: duckdb.DuckDBPyConnection) -> str:
+        calls.append(name)
+        return "x" * (size - 2)  # and its two quotes
+
+    return answer
+
+
+def test_the_answers_kept_are_bounded_by_their_bytes(tmp_path: Path) -> None:
+    db = tmp_path / "mirror.duckdb"
+    apply_events(db, [create(ALICE, "a1", rev=1, t=1)])
+    reader, calls = MirrorReader(db, cache_bytes=100), list[str]()
+    for key in ("a", "b"):
+        reader.query(key, _sized(calls, key, 40))
+    assert reader.kept_bytes == 80
+    reader.query("a", _sized(calls, "a again", 40))  # kept: now the most recently used
+    reader.query("c", _sized(calls, "c", 40))  # 120 bytes do not fit: "b" goes
+    assert reader.kept_bytes == 80
+    assert calls == ["a", "b", "c"]
+    reader.query("b", _sized(calls, "b again", 40))
+    reader.query("c", _sized(calls, "c again", 40))
+    assert calls == ["a", "b", "c", "b again"]  # "b" was computed again, "c" was kept
+    assert reader.kept_bytes == 80
+    reader.close()
+
+
+def test_an_answer_larger_than_the_bound_is_served_but_not_kept(tmp_path: Path) -> None:
+    db = tmp_path / "mirror.duckdb"
+    apply_events(db, [create(ALICE, "a1", rev=1, t=1)])
+    reader, calls = MirrorReader(db, cache_bytes=100), list[str]()
+    reader.query("small", _sized(calls, "small", 60))
+    assert reader.query("huge", _sized(calls, "huge", 101)) == "x" * 99
+    assert reader.kept_bytes == 60  # the small one stays; the huge one was not kept
+    reader.query("huge", _sized(calls, "huge again", 101))
+    reader.query("small", _sized(calls, "small again", 60))
+    assert calls == ["small", "huge", "huge again"]
+    reader.close()
+
+
+def test_a_write_lets_go_of_every_kept_answer(tmp_path: Path) -> None:
+    db = tmp_path / "mirror.duckdb"
+    apply_events(db, [create(ALICE, "a1", rev=1, t=1)])
+    reader, calls = MirrorReader(db, cache_bytes=1000), list[str]()
+    for key in ("a", "b", "c"):
+        reader.query(key, _sized(calls, key, 100))
+    assert reader.kept_bytes == 300
+    apply_events(db, [create(ALICE, "a2", rev=2, t=2)])
+    reader.query("d", _sized(calls, "d", 100))
+    assert reader.kept_bytes == 100
+    reader.close()
+
+
+def test_the_answers_kept_are_bounded_in_number(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tiny answers (an unknown handle's `null`) are bounded by their number: each kept one
+    costs its key and objects besides its bytes."""
+    monkeypatch.setattr(reader_module, "MAX_KEPT_ANSWERS", 2)
     db = tmp_path / "mirror.duckdb"
     apply_events(db, [create(ALICE, "a1", rev=1, t=1)])
     reader, calls = MirrorReader(db), list[str]()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 from pathlib import Path
 
 import duckdb
@@ -14,6 +15,7 @@ import pytest
 
 from mirror_assets.lock import read_lock
 from mirror_assets.sql_console import read_only_instance
+from mirror_assets.store import Store
 from tests.cli_helpers import dump, fill_mirror, make_project, mirror, table_rows
 
 RECORDS = "SELECT uri, did, collection, rkey, cid, record, rev, time_us FROM records ORDER BY uri"
@@ -173,6 +175,11 @@ def _parquet(tmp_path: Path) -> Path:
         ("RESET lock_configuration", "not SET"),
         ("PRAGMA enable_profiling", "not PRAGMA"),
         ("SELECT 1; DELETE FROM records", "give one statement, not 2"),
+        # EXPLAIN ANALYZE runs what it explains: that is checked like the statement itself.
+        ("EXPLAIN ANALYZE CREATE TEMP TABLE scratch AS SELECT 1", "not CREATE"),
+        ("EXPLAIN ANALYZE INSERT INTO meta VALUES ('a', 'b')", "not INSERT"),
+        ("explain (format json) DELETE FROM record_versions", "not DELETE"),
+        ("EXPLAIN ANALYZE SET threads = 1", "not SET"),
         ("SELECT * FROM read_csv('/etc/passwd')", 'Cannot access file "/etc/passwd"'),
         ("SELECT * FROM read_parquet('{parquet}')", "file system operations are disabled"),
         ("SELECT * FROM glob('{tmp}/*')", "file system operations are disabled"),
@@ -226,3 +233,51 @@ def test_no_mirror_file_is_a_clear_error_and_creates_nothing(tmp_path: Path) -> 
     assert result.returncode == 2
     assert f"no mirror at {db_of(tmp_path)} yet" in result.stderr
     assert not db_of(tmp_path).exists()
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["EXPLAIN SELECT count(*) FROM records", "EXPLAIN ANALYZE SELECT count(*) FROM records"],
+)
+def test_an_explain_of_a_read_is_run(project: Path, query: str) -> None:
+    result = mirror(project, "sql", query, "--format", "json")
+    assert result.returncode == 0, result.stderr
+    [plan] = json.loads(result.stdout)
+    assert plan["explain_key"] in ("physical_plan", "analyzed_plan")
+    assert "count_star()" in plan["explain_value"]
+
+
+def test_a_query_past_its_time_is_stopped_and_lets_the_writers_in(project: Path) -> None:
+    """It holds the read lock while it runs: stopped, it gives the file back."""
+    started = time.monotonic()
+    result = mirror(
+        project,
+        "sql",
+        "SELECT count(*) FROM range(1000000000000) a",
+        SQL_TIMEOUT_SECONDS="1",
+    )
+    assert result.returncode == 2
+    assert "ran longer than 1 s and was stopped (SQL_TIMEOUT_SECONDS)" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert time.monotonic() - started < 30
+    with Store(db_of(project)).writing():  # the lock is free again at once
+        pass
+
+
+def test_a_query_past_its_memory_is_stopped(project: Path) -> None:
+    result = mirror(
+        project,
+        "sql",
+        "SELECT count(*) FROM (SELECT range % 5000000 AS k, list(range) AS l "
+        "FROM range(20000000) GROUP BY k)",
+        SQL_MEMORY_LIMIT="64MB",
+    )
+    assert result.returncode == 2
+    assert "needs more than 64MB of memory (SQL_MEMORY_LIMIT)" in result.stderr
+    assert not list(project.rglob("*.tmp")) and not (project / ".tmp").exists()
+
+
+def test_a_memory_limit_that_is_not_a_size_is_a_clear_error(project: Path) -> None:
+    result = mirror(project, "sql", "SELECT 1", SQL_MEMORY_LIMIT="lots")
+    assert result.returncode == 2
+    assert "SQL_MEMORY_LIMIT='lots' is not a size such as 512MB or 2GB" in result.stderr

@@ -563,35 +563,46 @@ def test_account_events_for_unknown_dids_are_ignored(db: Path) -> None:
 # -- identities ------------------------------------------------------------------------------
 
 
-def test_identity_events_keep_the_newest_handle(db: Path) -> None:
+def _as_checked(db: Path, handles: dict[str, str]) -> None:
+    """Leave accounts as a check of their identities would: these handles verified."""
+    with Store(db).writing() as tx:
+        tx.con.execute("UPDATE accounts SET identity_stale = false")
+        for did_, handle in handles.items():
+            tx.con.execute("UPDATE accounts SET handle = ? WHERE did = ?", [handle, did_])
+
+
+def test_identity_events_mark_known_dids_for_a_check_by_the_newest_event(db: Path) -> None:
     apply_events(db, [create(ALICE, "a", rev=1, t=1), create(BOB, "b", rev=1, t=1)])
+    _as_checked(db, {ALICE: "alice-new.test", BOB: "bob.test"})
     result = apply_events(
         db,
         [
-            identity(ALICE, "alice-new.test", t=5),
+            identity(ALICE, "alice-new.test", t=5),  # repeats the verified handle: kept
             identity(ALICE, "alice-old.test", t=3),  # older, arriving later in the batch
-            identity(BOB, "bob.test", t=4),
+            identity(BOB, "bob-other.test", t=4),  # another handle: not believed meanwhile
             identity(CAROL, "carol.test", t=4),  # never seen: ignored
         ],
     )
-    assert result.handles_updated == 2
-    assert {d: a.handle for d, a in snapshot(db).accounts.items()} == {
-        ALICE: "alice-new.test",
-        BOB: "bob.test",
+    assert result.identities_changed == 2
+    assert snapshot(db).accounts == {
+        ALICE: Account("alice-new.test", "active", hidden=False, identity_stale=True),
+        BOB: Account(None, "active", hidden=False, identity_stale=True),
     }
 
-    result = apply_events(db, [identity(ALICE, "alice-older.test", t=4)])
-    assert result.handles_updated == 0
-    assert snapshot(db).accounts[ALICE].handle == "alice-new.test"
+    _as_checked(db, {})
+    result = apply_events(db, [identity(ALICE, "alice-older.test", t=4)])  # older than t=5
+    assert result.identities_changed == 0
+    assert snapshot(db).accounts[ALICE] == Account("alice-new.test", "active", hidden=False)
 
-    apply_events(db, [identity(ALICE, "alice-newest.test", t=6), identity(BOB, None, t=7)])
-    handles = {d: a.handle for d, a in snapshot(db).accounts.items()}
-    assert handles == {ALICE: "alice-newest.test", BOB: None}
+    apply_events(db, [identity(ALICE, None, t=6)])
+    assert snapshot(db).accounts[ALICE] == Account(None, "active", False, identity_stale=True)
 
 
 def test_identity_in_the_same_batch_as_the_first_write(db: Path) -> None:
     apply_events(db, [create(ALICE, "a", rev=1, t=1), identity(ALICE, "alice.test", t=2)])
-    assert snapshot(db).accounts == {ALICE: Account("alice.test", "active", hidden=False)}
+    assert snapshot(db).accounts == {
+        ALICE: Account(None, "active", hidden=False, identity_stale=True)
+    }
 
 
 # -- registration and backfills --------------------------------------------------------------

@@ -178,7 +178,7 @@ def test_pages_found_through_time_windows_are_the_pages_of_a_full_search(
     with Store(db).writing() as tx:
         rebuild_summaries(tx.con)
     later = [create(did("dave"), f"new{i}", rev=i + 1, t=10**6 + i) for i in range(30)]
-    older = [create(did("erin"), f"ancient{i}", rev=i + 1, t=-(10**8) - i) for i in range(30)]
+    older = [create(did("erin"), f"ancient{i}", rev=i + 1, t=-(10**7) - i) for i in range(30)]
     apply_events(db, [*later, *older])
     with Store(db).reading() as con:
         expected = [

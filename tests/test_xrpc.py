@@ -2,27 +2,32 @@
 
 The PLC/PDS stand-in (`tests.atproto_server`) plays the server and injects the faults; what it
 cannot do (a body with no length, a peer that hangs up, a closed port) is a few lines of stdlib
-socket code here. Backoff values are tiny, so every retry costs milliseconds; only the 429 tests
-wait for real, because `ratelimit-reset` and `retry-after` count in whole seconds.
+socket code here, and compressed answers (gzip bombs included) come from the scripted server
+of `tests.net_http_server`. Backoff values are tiny, so every retry costs milliseconds; only
+the 429 tests wait for real, because `ratelimit-reset` and `retry-after` count in whole seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import gzip
 import math
 import socket
 import threading
 import time
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import msgspec
 import pytest
 
-from mirror_assets.net_guard import AddressGuard, RefusedAddressError, is_public
+from mirror_assets.net_guard import AddressGuard, RefusedAddressError
 from mirror_assets.xrpc import (
     Politeness,
     UnavailableError,
@@ -32,8 +37,10 @@ from mirror_assets.xrpc import (
 )
 from tests.atproto_server import GET_LATEST_COMMIT, LIST_RECORDS, AtprotoStandIn
 from tests.events_factory import did
+from tests.net_http_server import HttpStandIn, serving
 
 ALICE = did("alice")
+T = TypeVar("T")
 # Timeouts far above any answer's time here, so a loaded machine cannot add a retry; the
 # tests of timeouts set their own.
 FAST = Politeness(backoff_seconds=0.01, timeout_seconds=5.0, attempts=3)
@@ -408,6 +415,204 @@ def test_a_peer_that_trickles_its_answer_is_cut_off_as_a_timeout(
     assert no_length.hits == 1
 
 
+# -- compressed answers -------------------------------------------------------------------------
+
+MiB = 1024 * 1024
+
+
+def gzip_of(body: bytes) -> bytes:
+    return gzip.compress(body)
+
+
+def zlib_of(body: bytes) -> bytes:
+    return zlib.compress(body)
+
+
+def raw_deflate_of(body: bytes) -> bytes:
+    compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return compressor.compress(body) + compressor.flush()
+
+
+@functools.cache
+def gzip_bomb(expanded_bytes: int) -> bytes:
+    """About `expanded_bytes` / 1000 bytes of gzip that expand to `expanded_bytes` zeros.
+
+    One compressed block of 16 MiB of zeros, repeated: after a full flush deflate starts
+    afresh, so the same input gives the same bytes. The stream never ends (no trailer): a
+    client that keeps to its bound never gets that far.
+    """
+    block = bytes(16 * MiB)
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    first = compressor.compress(block) + compressor.flush(zlib.Z_FULL_FLUSH)
+    again = compressor.compress(block) + compressor.flush(zlib.Z_FULL_FLUSH)
+    return first + again * (expanded_bytes // len(block) - 1)
+
+
+def peak_memory_growth(run: Callable[[], T]) -> tuple[T, int]:
+    """What `run` returns, and how far this process's resident memory rose above where it
+    was, at its highest, while `run` ran (Linux: VmHWM, reset through clear_refs)."""
+    Path("/proc/self/clear_refs").write_text("5")  # resets the peak RSS (VmHWM) to now
+    before = _proc_status_kib("VmRSS")
+    result = run()
+    return result, (_proc_status_kib("VmHWM") - before) * 1024
+
+
+def _proc_status_kib(field: str) -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(status.split(f"{field}:", 1)[1].split()[0])
+
+
+def commit_outcome(url: str, politeness: Politeness) -> Commit | BaseException:
+    async def go() -> Commit | BaseException:
+        [outcome] = await asyncio.gather(fetch_commit(url, politeness), return_exceptions=True)
+        return outcome
+
+    return asyncio.run(go())
+
+
+@pytest.fixture
+def scripted() -> Iterator[HttpStandIn]:
+    with serving() as server:
+        yield server
+
+
+def test_the_client_asks_for_answers_without_compression(scripted: HttpStandIn) -> None:
+    scripted.answer(f"/xrpc/{GET_LATEST_COMMIT}", padded_commit(100))
+
+    assert asyncio.run(fetch_commit(scripted.url)).rev == "3kabc"
+    assert scripted.requests[0].headers["accept-encoding"] == "identity"
+
+
+@pytest.mark.parametrize(
+    ("encoding", "encode"),
+    [
+        ("gzip", gzip_of),
+        ("x-gzip", gzip_of),
+        ("GZIP", gzip_of),
+        ("deflate", zlib_of),
+        ("deflate", raw_deflate_of),  # "deflate" without its zlib container, as some send it
+        ("identity, gzip", gzip_of),
+        ("gzip", lambda body: gzip_of(body[:30]) + gzip_of(body[30:])),  # two gzip members
+    ],
+)
+def test_a_compressed_answer_is_decoded_anyway(
+    scripted: HttpStandIn, encoding: str, encode: Callable[[bytes], bytes]
+) -> None:
+    scripted.answer(
+        f"/xrpc/{GET_LATEST_COMMIT}",
+        encode(padded_commit(BODY_LIMIT)),
+        headers={"content-encoding": encoding},
+    )
+
+    assert asyncio.run(fetch_commit(scripted.url, SMALL_BODIES)).rev == "3kabc"
+
+
+@pytest.mark.parametrize(
+    ("encode", "close_delimited"),
+    [(gzip_of, False), (zlib_of, True), (raw_deflate_of, False)],
+)
+def test_a_compressed_answer_is_bounded_by_its_decoded_size(
+    scripted: HttpStandIn, encode: Callable[[bytes], bytes], close_delimited: bool
+) -> None:
+    body = encode(padded_commit(BODY_LIMIT + 1))
+    encoding = "gzip" if encode is gzip_of else "deflate"
+    scripted.answer(
+        f"/xrpc/{GET_LATEST_COMMIT}",
+        body,
+        headers={"content-encoding": encoding},
+        close_delimited=close_delimited,
+    )
+
+    with pytest.raises(UnavailableError, match="exceeds 1000 bytes"):
+        asyncio.run(fetch_commit(scripted.url, SMALL_BODIES))
+
+    assert len(body) < BODY_LIMIT  # the bound is on what it decodes to
+    assert scripted.count(f"/xrpc/{GET_LATEST_COMMIT}") == 1
+
+
+def test_compressed_bytes_count_against_the_bound_too(scripted: HttpStandIn) -> None:
+    """Empty gzip members decode to nothing: the bytes received are bounded all the same."""
+    body = gzip_of(b"") * 60 + gzip_of(padded_commit(100))
+    scripted.answer(
+        f"/xrpc/{GET_LATEST_COMMIT}",
+        body,
+        headers={"content-encoding": "gzip"},
+        close_delimited=True,
+    )
+
+    with pytest.raises(UnavailableError, match="exceeds 1000 bytes"):
+        asyncio.run(fetch_commit(scripted.url, SMALL_BODIES))
+
+    assert len(body) > BODY_LIMIT
+
+
+def test_a_gzip_bomb_fails_on_the_body_bound_at_once_without_the_memory_growing(
+    scripted: HttpStandIn,
+) -> None:
+    bomb = gzip_bomb(4096 * MiB)  # 4 GiB of zeros in about 4 MB
+    scripted.answer(
+        f"/xrpc/{GET_LATEST_COMMIT}",
+        bomb,
+        headers={"content-encoding": "gzip"},
+        close_delimited=True,  # no length to refuse up front: it must be read to be refused
+    )
+    one_mib = Politeness(timeout_seconds=5.0, attempts=1, max_body_bytes=MiB)
+    started = time.monotonic()
+
+    outcome, growth = peak_memory_growth(lambda: commit_outcome(scripted.url, one_mib))
+
+    assert isinstance(outcome, UnavailableError), outcome
+    assert f"exceeds {MiB} bytes" in str(outcome)
+    assert time.monotonic() - started < 2.0
+    # Decoding any one chunk of the bomb whole would take 64 MiB and more.
+    assert growth < 16 * MiB, f"memory rose by {growth / MiB:.0f} MiB"
+    assert len(bomb) < 5 * MiB
+
+
+@pytest.mark.parametrize(
+    ("encoding", "body"),
+    [
+        ("br", b"\x0b\x02\x80{}\x03"),
+        ("zstd", b"(\xb5/\xfd\x00X\x11\x00\x00{}"),
+        ("compress", b"{}"),
+        ("gzip, gzip", gzip.compress(gzip.compress(b"{}", mtime=0), mtime=0)),
+        ("gzip", b"this is not gzip"),
+        # The JSON whole, the stream cut off.
+        ("gzip", gzip.compress(padded_commit(200), mtime=0)[:-8]),
+        ("deflate", zlib.compress(b"{}") + b"trailing"),
+    ],
+    ids=["br", "zstd", "compress", "gzip-twice", "not-gzip", "gzip-cut-off", "deflate-trailing"],
+)
+def test_an_answer_that_cannot_be_decoded_is_unreadable(
+    scripted: HttpStandIn, encoding: str, body: bytes
+) -> None:
+    scripted.answer(f"/xrpc/{GET_LATEST_COMMIT}", body, headers={"content-encoding": encoding})
+
+    with pytest.raises(UnavailableError, match=r"unreadable answer.*\(3 attempts\)"):
+        asyncio.run(fetch_commit(scripted.url))
+
+    assert scripted.count(f"/xrpc/{GET_LATEST_COMMIT}") == 3
+
+
+def test_get_bytes_returns_the_body_within_its_own_bound(scripted: HttpStandIn) -> None:
+    scripted.answer("/small", b"did:plc:abc\n")
+    scripted.answer("/large", b"x" * 2049, close_delimited=True)
+
+    async def go() -> tuple[bytes, BaseException | bytes]:
+        async with XrpcClient(FAST, AddressGuard(True)) as client:
+            small = await client.get_bytes(scripted.url + "/small", max_body_bytes=2048)
+            [large] = await asyncio.gather(
+                client.get_bytes(scripted.url + "/large", max_body_bytes=2048),
+                return_exceptions=True,
+            )
+            return small, large
+
+    small, large = asyncio.run(go())
+
+    assert small == b"did:plc:abc\n"
+    assert isinstance(large, UnavailableError) and "exceeds 2048 bytes" in str(large)
+
+
 # -- connection failures ------------------------------------------------------------------------
 
 
@@ -511,73 +716,7 @@ def test_rate_limit_wait_reads_ratelimit_reset_then_retry_after(
     assert rate_limit_wait(headers, now=NOW) == pytest.approx(wait)
 
 
-# -- the private-network guard ------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("address", "public"),
-    [
-        ("127.0.0.1", False),
-        ("10.1.2.3", False),
-        ("192.168.1.1", False),
-        ("172.16.0.1", False),
-        ("169.254.169.254", False),  # cloud metadata
-        ("100.64.0.1", False),  # carrier-grade NAT
-        ("0.0.0.0", False),
-        ("::1", False),
-        ("fe80::1", False),
-        ("fe80::1%eth0", False),
-        ("fc00::1", False),
-        ("::ffff:127.0.0.1", False),
-        ("::ffff:10.0.0.1", False),
-        ("224.0.0.1", False),  # multicast
-        ("64:ff9b::a9fe:a9fe", False),  # NAT64 to 169.254.169.254
-        ("2002:7f00:1::", False),  # 6to4 of 127.0.0.1
-        ("8.8.8.8", True),
-        ("2606:4700::1", True),
-        ("::ffff:8.8.8.8", True),
-        ("64:ff9b::808:808", True),  # NAT64 to 8.8.8.8
-    ],
-)
-def test_is_public_accepts_only_global_unicast_addresses(address: str, public: bool) -> None:
-    assert is_public(address) is public
-
-
-@pytest.mark.parametrize(
-    "url",
-    [
-        "http://127.0.0.1:2583/",
-        "http://localhost/",
-        "https://10.0.0.1/xrpc/com.atproto.sync.getLatestCommit",
-        "http://[::1]:8080/",
-        "http://169.254.169.254/latest/meta-data/",
-        "http://8.8.8.8@127.0.0.1/",  # userinfo: the host is 127.0.0.1
-        "ftp://example.com",
-        "file:///etc/passwd",
-        "not a url",
-        "http:///no-host",
-    ],
-)
-def test_the_guard_refuses_private_hosts_and_other_schemes(url: str) -> None:
-    with pytest.raises(RefusedAddressError):
-        asyncio.run(AddressGuard(allow_private_network=False).check(url))
-
-
-def test_the_guard_lets_a_public_address_through() -> None:
-    asyncio.run(AddressGuard(allow_private_network=False).check("https://8.8.8.8/xrpc/x"))
-
-
-@pytest.mark.parametrize(
-    "url", ["http://127.0.0.1:2583/", "http://localhost/", "https://10.0.0.1/", "http://[::1]/"]
-)
-def test_allow_private_network_lets_any_http_host_through(url: str) -> None:
-    asyncio.run(AddressGuard(allow_private_network=True).check(url))
-
-
-@pytest.mark.parametrize("url", ["ftp://example.com", "file:///etc/passwd", "not a url"])
-def test_allow_private_network_still_refuses_other_schemes(url: str) -> None:
-    with pytest.raises(RefusedAddressError):
-        asyncio.run(AddressGuard(allow_private_network=True).check(url))
+# -- the private-network guard (tests/test_net_guard.py has the rest) ---------------------------
 
 
 def test_an_untrusted_url_to_a_private_host_is_refused_before_any_request(

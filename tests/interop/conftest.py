@@ -39,6 +39,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for position, item in enumerate(interop):
         seconds = SCENARIO_SECONDS + (SETUP_SECONDS if position == 0 else 0)
         item.add_marker(pytest.mark.timeout(seconds))
+        # One network (and one Node install) for all of them: they run in one test process.
+        item.add_marker(pytest.mark.xdist_group("interop"))
 
 
 @pytest.fixture(scope="session")
@@ -68,6 +70,9 @@ def mirror_env(network: Network, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         "PLC_URL": network.plc_url,
         "RELAY_URL": network.relay_url,
         "MIRROR_ALLOW_PRIVATE_NETWORK": "1",
+        # Its `.test` handles resolve nowhere but on the PDS itself, which answers
+        # `com.atproto.identity.resolveHandle` for them, as a resolver service would.
+        "HANDLE_RESOLVER_URL": network.pds.url,
         "MIRROR_DB": str(tmp_path / "mirror.duckdb"),
         # A stream that goes quiet ends the cycle soon: the scenarios wait on nothing else.
         "INGEST_IDLE_SECONDS": "0.5",

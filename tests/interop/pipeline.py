@@ -22,9 +22,9 @@ import dagster as dg
 
 from mirror_assets.config import Settings
 from mirror_assets.definitions import build_definitions
-from mirror_assets.jobs import BACKFILL_JOB, DISCOVERY_JOB, INGEST_JOB, in_flight
+from mirror_assets.jobs import BACKFILL_JOB, DISCOVERY_JOB, IDENTITIES_JOB, INGEST_JOB, in_flight
 from mirror_assets.resources import MirrorResource
-from mirror_assets.sensors import backfill_sensor, discovery_sensor
+from mirror_assets.sensors import backfill_sensor, discovery_sensor, identity_sensor
 
 MAX_SENSOR_TICKS = 20  # a backfill that needs more launches than this does not converge
 
@@ -58,6 +58,14 @@ class Pipeline:
         if not isinstance(request, dg.RunRequest):
             return False
         self._execute(DISCOVERY_JOB, {})
+        return True
+
+    def check_identities(self) -> bool:
+        """Evaluate the identity sensor and run what it asks for; whether it asked."""
+        context = dg.build_sensor_context(instance=self.instance, resources={"mirror": self.mirror})
+        if not isinstance(identity_sensor(context), dg.RunRequest):
+            return False
+        self._execute(IDENTITIES_JOB, {})
         return True
 
     def backfill(self) -> int:
@@ -98,11 +106,12 @@ class Pipeline:
 
     def catch_up(self) -> None:
         """What a deployment reaches once its schedule and sensors have all had their turn:
-        live events in, due backfills done, then an ingest cycle, which also rebuilds the
-        summaries behind /users and /stats."""
+        live events in, due backfills done, identities checked, then an ingest cycle, which
+        also rebuilds the summaries behind /users and /stats."""
         self.ingest()
         self.discover()
         self.backfill()
+        self.check_identities()
         self.ingest()
 
     def _execute(self, job: str, tags: dict[str, str]) -> dg.ExecuteInProcessResult:

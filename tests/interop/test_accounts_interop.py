@@ -55,9 +55,11 @@ def test_deactivation_reactivation_handle_change_and_deletion(
         assert len([r for r in back.values() if r.did == resting.did]) == 7
         assert account_row(settings.db_path, resting.did)[1] == "active"
 
-        # A new handle: the mirror knows it, and `?did=` takes it.
+        # A new handle: believed only once it resolves back to the DID, then `?did=` takes it.
         pds.update_handle(renamed, "renamed-again")
         pipeline.ingest()
+        assert account_row(settings.db_path, renamed.did)[0] is None  # not checked yet
+        assert pipeline.check_identities()
         assert account_row(settings.db_path, renamed.did)[0] == pds.handle_of(renamed.did)
         with TestClient(app=create_app(settings)) as client:
             by_handle, _ = api_records(client, CARD, did=renamed.handle)
