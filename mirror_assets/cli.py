@@ -391,7 +391,10 @@ def format_status(settings: Settings, status: MirrorStatus) -> str:
         lines.append(
             f"{c.collection:<40} {c.records:>10} {c.hidden:>8} {c.tombstones:>8} {c.dids:>8}"
         )
-    lines.append(f"accounts: {_by_status(status.accounts_by_status)}")
+    lines.append(
+        f"accounts: {_by_status(status.accounts_by_status)} ({status.handles_verified} handles "
+        f"verified, {status.identities_to_check} identities to check)"
+    )
     lines.append(
         f"backfills: {_by_status(status.backfills_by_status)} "
         f"({status.backfill_records} records in {status.backfill_pages} pages)"

@@ -6,6 +6,7 @@ safe default, so a fresh checkout runs without any configuration.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -25,6 +26,9 @@ DEFAULT_JETSTREAM_URLS = ",".join(
         "jetstream2.us-west",
     )
 )
+
+
+DNS_PORT = 53
 
 
 class ConfigError(ValueError):
@@ -58,14 +62,33 @@ def _size(name: str, value: str) -> str:
     return value.strip()
 
 
+def name_server_address(entry: str) -> tuple[str, int]:
+    """One DNS_SERVERS entry, `address[:port]`: an IP address (IPv6 in brackets when a port
+    follows) and its port, 53 unless given; ValueError for anything else."""
+    whole = ip_literal(entry.strip())
+    if whole is not None:
+        return whole, DNS_PORT
+    head, _, port = entry.strip().rpartition(":")
+    address = ip_literal(head)
+    if address is None or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"DNS server {entry!r} is not an IP address with an optional port")
+    return address, int(port)
+
+
+def ip_literal(host: str) -> str | None:
+    """The host as an IP address, if it is one (IPv6 may be written in brackets)."""
+    try:
+        return str(ipaddress.ip_address(host.strip("[]")))
+    except ValueError:
+        return None
+
+
 def _name_servers(value: str) -> tuple[str, ...]:
     """DNS_SERVERS, each entry checked as the resolver will read it."""
-    from mirror_assets.net_guard import name_server  # it reads Settings: imported late
-
     entries = _split(value)
     for entry in entries:
         try:
-            name_server(entry)
+            name_server_address(entry)
         except ValueError as error:
             raise ConfigError(f"DNS_SERVERS: {error}") from None
     return entries

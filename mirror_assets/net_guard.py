@@ -35,7 +35,7 @@ import dns.resolver
 import httpcore
 import httpx
 
-from mirror_assets.config import Settings
+from mirror_assets.config import Settings, ip_literal, name_server_address
 
 
 class RefusedAddressError(Exception):
@@ -47,7 +47,6 @@ class LookupFailedError(Exception):
 
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
-_DNS_PORT = 53
 _LOOPBACK = ["127.0.0.1", "::1"]
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _DNS_TRY_SECONDS = 2.0  # one name server's share of a lookup, so a dead one leaves time
@@ -66,29 +65,13 @@ def is_public(address: str) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
-def _ip_literal(host: str) -> str | None:
-    """The host as an IP address, if it is one (a URL writes IPv6 in brackets)."""
-    try:
-        return str(ipaddress.ip_address(host.strip("[]")))
-    except ValueError:
-        return None
-
-
 def _unique(addresses: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(addresses))
 
 
 def name_server(entry: str) -> dns.nameserver.Do53Nameserver:
-    """One DNS_SERVERS entry, `address[:port]`: an IP address (IPv6 in brackets when a port
-    follows), port 53 unless given."""
-    whole = _ip_literal(entry.strip())
-    if whole is not None:
-        return dns.nameserver.Do53Nameserver(whole, _DNS_PORT)
-    head, _, port = entry.strip().rpartition(":")
-    address = _ip_literal(head)
-    if address is None or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"DNS server {entry!r} is not an IP address with an optional port")
-    return dns.nameserver.Do53Nameserver(address, int(port))
+    """One DNS_SERVERS entry, `address[:port]` (config.py reads it)."""
+    return dns.nameserver.Do53Nameserver(*name_server_address(entry))
 
 
 class Resolver:
@@ -123,7 +106,7 @@ class Resolver:
 
         Raises LookupFailedError when there is none, or no answer in time.
         """
-        literal = _ip_literal(host)
+        literal = ip_literal(host)
         if literal is not None:
             return [literal]
         if self._configured is None:

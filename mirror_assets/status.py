@@ -46,6 +46,8 @@ class MirrorStatus:
     cursor_us: int | None
     cursor_endpoint: str | None
     accounts_by_status: dict[str, int]
+    handles_verified: int  # accounts whose handle resolves back to their DID
+    identities_to_check: int  # marked by identity events, for the `identities` job
     backfills_by_status: dict[str, int]
     backfill_pages: int  # fetched by the passes on record
     backfill_records: int
@@ -78,6 +80,9 @@ def read_status(con: duckdb.DuckDBPyConnection, recent: int = 5) -> MirrorStatus
         ).fetchall()
     ]
     cursor = con.execute("SELECT cursor_us, endpoint FROM ingest_state").fetchall()
+    verified, to_check = con.execute(
+        "SELECT count(handle), count(*) FILTER (WHERE identity_stale) FROM accounts"
+    ).fetchall()[0]
     pages, fetched = con.execute(
         "SELECT coalesce(sum(pages), 0), coalesce(sum(records), 0) FROM backfills"
     ).fetchall()[0]
@@ -88,6 +93,8 @@ def read_status(con: duckdb.DuckDBPyConnection, recent: int = 5) -> MirrorStatus
         cursor_us=cursor[0][0] if cursor else None,
         cursor_endpoint=cursor[0][1] if cursor else None,
         accounts_by_status=_counts(con, "accounts"),
+        handles_verified=int(verified),
+        identities_to_check=int(to_check),
         backfills_by_status=_counts(con, "backfills"),
         backfill_pages=int(pages),
         backfill_records=int(fetched),

@@ -151,6 +151,22 @@ def _seq(t: float, seq: int | None) -> int:
     return seq if seq is not None else 1_000 + round(t * 1_000)
 
 
+def altered(event: Event, **changes: Any) -> Event:
+    """A copy of a commit event with some fields changed, to break one rule at a time:
+    `did` and `time_us` at the top, any other in its commit."""
+    copy = json.loads(json.dumps(event))
+    for key, value in changes.items():
+        target = copy if key in ("did", "time_us") else copy["commit"]
+        target[key] = value
+    return copy
+
+
+def with_record_text(event: Event, text: str) -> str:
+    """The commit event as JSON, its record replaced by these exact characters (which JSON
+    libraries would not write: deep nesting, `1e400`, a lone surrogate)."""
+    return json.dumps(event).replace(json.dumps(event["commit"]["record"]), text)
+
+
 # -- what the store should hold for those events -------------------------------------------
 
 

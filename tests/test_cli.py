@@ -21,7 +21,7 @@ from mirror_assets.job_runs import job_names
 from mirror_assets.store import Store
 from tests.atproto_server import AtprotoStandIn
 from tests.cli_helpers import MIRROR, OTHER, make_project, mirror
-from tests.events_factory import CARD, PAGE, account, at, create, did
+from tests.events_factory import CARD, PAGE, account, at, create, did, identity
 from tests.jetstream_server import JetstreamServer
 
 
@@ -60,6 +60,7 @@ def test_ingest_runs_through_dagster_and_status_shows_it(project: Path) -> None:
         server.add(create(did("alice"), "a2", rev=2, t=2))
         server.add(create(did("bob"), "b1", rev=1, t=3, collection=PAGE))
         server.add(account(did("bob"), active=False, status="takendown", t=4))
+        server.add(identity(did("alice"), "alice.test", t=4))
         run = mirror(project, "ingest", JETSTREAM_URLS=server.url, INGEST_IDLE_SECONDS="0.5")
     assert run.returncode == 0, run.stdout + run.stderr
     assert ": success" in run.stdout
@@ -74,7 +75,10 @@ def test_ingest_runs_through_dagster_and_status_shows_it(project: Path) -> None:
     lines = status.stdout.splitlines()
     assert any(line.split() == ["app.blento.card", "2", "0", "0", "1"] for line in lines), lines
     assert any(line.split() == ["app.blento.page", "0", "1", "0", "1"] for line in lines), lines
-    assert "accounts: active 1, takendown 1" in status.stdout
+    assert (
+        "accounts: active 1, takendown 1 (0 handles verified, 1 identities to check)"
+        in status.stdout
+    )
     assert "backfills: pending 2" in status.stdout
     assert f"cursor: {at(4)} " in status.stdout
     runs = _last_runs(status.stdout)

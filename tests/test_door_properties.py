@@ -8,13 +8,19 @@ import json
 from typing import Any
 
 import duckdb
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from litestar import Litestar
+from litestar.testing import TestClient
 
+from mirror_api.app import create_app
 from mirror_assets.data_model import MAX_INTEGER, MIN_INTEGER, check_record
 from mirror_assets.events import BadFrame, CommitEvent, decode_frame
 from mirror_assets.refusals import Reason, RefusedError
+from tests.api_helpers import settings_for
 from tests.events_factory import BASE_US, CARD, create, did, latest_us
+from tests.store_helpers import apply_events
 
 _DUCKDB = duckdb.connect()
 _SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -133,3 +139,47 @@ def test_no_frame_shape_makes_the_decoder_raise_and_what_passes_is_checked(
     assert decoded.time_us <= latest
     if isinstance(decoded, CommitEvent) and decoded.commit.operation != "delete":
         _assert_checked_json(bytes(decoded.commit.record))
+
+
+# Records in the data model: integers in 64 bits, no floats, keys neither empty nor `$...`.
+model_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=MIN_INTEGER, max_value=MAX_INTEGER)
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.text(min_size=1, max_size=8).filter(lambda key: not key.startswith("$")),
+            children,
+            max_size=4,
+        )
+    ),
+    max_leaves=20,
+)
+model_records = st.dictionaries(
+    st.text(min_size=1, max_size=8).filter(lambda key: not key.startswith("$")),
+    model_values,
+    max_size=5,
+).map(lambda value: {"$type": CARD, **value})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(model_records)
+def test_a_record_in_the_data_model_passes_the_door_and_is_served_as_it_came(
+    tmp_path_factory: pytest.TempPathFactory, value: dict[str, Any]
+) -> None:
+    """The ingest path end to end: a frame in, a page out; no record that passed the door
+    can fail a page."""
+    event = create(did("alice"), "3kcard", rev=1, t=1)
+    event["commit"]["record"] = value
+    decoded = decode_frame(json.dumps(event), latest_us())
+    assert isinstance(decoded, CommitEvent), decoded
+    db = tmp_path_factory.mktemp("page") / "mirror.duckdb"
+    apply_events(db, [event])
+    app = create_app(settings_for(db))
+    with TestClient[Litestar](app=app) as client:
+        response = client.get(f"/records/{CARD}")
+    assert response.status_code == 200, response.text
+    [served] = response.json()["records"]
+    assert served["record"] == value

@@ -21,6 +21,7 @@ from tests.events_factory import (
     CARD,
     SECOND,
     account,
+    altered,
     at,
     create,
     delete,
@@ -30,6 +31,7 @@ from tests.events_factory import (
     latest_us,
     rev_tid,
     update,
+    with_record_text,
 )
 
 ALICE = did("alice")
@@ -244,13 +246,7 @@ def test_delete_with_stray_record_still_decodes() -> None:
 
 
 def _commit_with(**changes: Any) -> dict[str, Any]:
-    event = create(ALICE, "3kcard", rev=5, t=10)
-    for key, value in changes.items():
-        if key in ("did", "time_us"):
-            event[key] = value
-        else:
-            event["commit"][key] = value
-    return event
+    return altered(create(ALICE, "3kcard", rev=5, t=10), **changes)
 
 
 @pytest.mark.parametrize(
@@ -338,7 +334,7 @@ def test_a_commit_whose_cid_is_not_one_is_refused(value: str) -> None:
 )
 def test_a_record_outside_the_data_model_is_refused(record: str, reason: Reason) -> None:
     event = _commit_with()
-    text = json.dumps(event).replace(json.dumps(event["commit"]["record"]), record)
+    text = with_record_text(event, record)
     decoded = _refused(text)
     assert (decoded.reason, decoded.time_us) == (reason, at(10))
 
@@ -347,7 +343,7 @@ def test_a_string_that_is_not_unicode_makes_the_frame_malformed() -> None:
     """A lone surrogate: DuckDB's JSON type refuses it, which once failed every ingest."""
     event = _commit_with()
     broken = '{"$type": "app.blento.card", "x": "\\ud800"}'
-    decoded = _refused(json.dumps(event).replace(json.dumps(event["commit"]["record"]), broken))
+    decoded = _refused(with_record_text(event, broken))
     assert decoded.reason is Reason.MALFORMED
 
 
@@ -360,7 +356,7 @@ def test_a_frame_nested_thousands_deep_is_refused_without_raising() -> None:
     """Today's frame that stopped ingest for good: too deep for any decoder to follow."""
     event = _commit_with()
     deep = '{"a":' * 5000 + "1" + "}" * 5000
-    decoded = _refused(json.dumps(event).replace(json.dumps(event["commit"]["record"]), deep))
+    decoded = _refused(with_record_text(event, deep))
     assert decoded.reason is Reason.TOO_DEEP
 
 

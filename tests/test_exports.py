@@ -362,3 +362,38 @@ def test_the_export_reads_beside_another_reader(tmp_path: Path, holder: list[Bas
     reader.join(WAIT)
     assert reader.exitcode == 0
     assert metadata["dagster/row_count"] == 1_002
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "com.example.\x00note",
+        "com.example.note/../../../escaped",
+        "com.example..note",
+        "com.example.note\u202e",
+        "com.example." + "n" * 400,
+    ],
+)
+def test_a_collection_name_that_is_not_an_nsid_never_becomes_a_folder(
+    tmp_path: Path, name: str
+) -> None:
+    """A file written before collections were checked at the door may hold such names under
+    a tracked wildcard: the export leaves them out and never writes outside EXPORT_DIR."""
+    db, exports = tmp_path / "data" / "mirror.duckdb", tmp_path / "data" / "exports"
+    _mixed_file(db)
+    with Store(db).writing() as tx:
+        tx.con.execute(
+            "INSERT INTO record_versions (uri, uri_hash, did, collection, rkey, cid, record, "
+            "rev, time_us, deleted, hidden, indexed_at) SELECT uri || 'x', uri_hash + 1, did, "
+            "?, rkey, cid, record, rev, time_us, false, false, now() FROM record_versions "
+            "WHERE collection = ? LIMIT 1",
+            [name, NOTE],
+        )
+
+    metadata = _export(_mirror(db, exports, f"{CARD},com.example.*"))
+
+    assert set(metadata["collections"]) == {CARD, NOTE}
+    assert _folders(exports) == {f"collection={CARD}", f"collection={NOTE}"}
+    assert sorted(path.name for path in (tmp_path / "data").iterdir()) == sorted(
+        [db.name, f"{db.name}.gate", f"{db.name}.rw", "exports"]
+    )

@@ -32,6 +32,7 @@ from tests.events_factory import (
     PAGE,
     SECOND,
     account,
+    altered,
     at,
     cid_of,
     create,
@@ -41,6 +42,7 @@ from tests.events_factory import (
     numbered_did,
     tid,
     update,
+    with_record_text,
 )
 from tests.jetstream_server import JetstreamServer
 
@@ -67,27 +69,16 @@ def instance() -> Any:
         yield instance
 
 
-def _with_record(event: dict[str, Any], record_text: str) -> str:
-    """The event as JSON, its record replaced by these exact characters."""
-    return json.dumps(event).replace(json.dumps(event["commit"]["record"]), record_text)
-
-
 def _commit(**changes: Any) -> dict[str, Any]:
     """A create that is good but for `changes` (at t=50, so the cursor may pass it)."""
-    event = create(did("mallory"), "3kbad", rev=50, t=50)
-    for key, value in changes.items():
-        if key in ("did", "time_us"):
-            event[key] = value
-        else:
-            event["commit"][key] = value
-    return event
+    return altered(create(did("mallory"), "3kbad", rev=50, t=50), **changes)
 
 
 def _hostile_frames() -> list[tuple[str, Reason, bool]]:
     """(frame, reason it is refused for, whether it carries a time the cursor may pass)."""
     deep = '{"a":' * 5000 + "1" + "}" * 5000
     return [
-        (_with_record(_commit(), deep), Reason.TOO_DEEP, False),
+        (with_record_text(_commit(), deep), Reason.TOO_DEEP, False),
         (json.dumps(_commit(time_us=2**64)), Reason.TIME_OUT_OF_RANGE, False),
         (
             json.dumps(_commit(time_us=int(time.time() * SECOND) + 86_400 * SECOND)),
@@ -97,32 +88,36 @@ def _hostile_frames() -> list[tuple[str, Reason, bool]]:
         (json.dumps(_commit(time_us=-5)), Reason.TIME_OUT_OF_RANGE, False),
         (json.dumps(identity(did("mallory"), None, t=50, seq=2**64)), Reason.INVALID, True),
         (
-            _with_record(_commit(), '{"$type":"app.blento.card","x":1e400}'),
+            with_record_text(_commit(), '{"$type":"app.blento.card","x":1e400}'),
             Reason.RECORD_FLOAT,
             True,
         ),
-        (_with_record(_commit(), '{"$type":"app.blento.card","x":1.5}'), Reason.RECORD_FLOAT, True),
         (
-            _with_record(_commit(), '{"$type":"app.blento.card","x":99999999999999999999}'),
+            with_record_text(_commit(), '{"$type":"app.blento.card","x":1.5}'),
+            Reason.RECORD_FLOAT,
+            True,
+        ),
+        (
+            with_record_text(_commit(), '{"$type":"app.blento.card","x":99999999999999999999}'),
             Reason.RECORD_INTEGER_RANGE,
             True,
         ),
         (
-            _with_record(_commit(), '{"$type":"app.blento.card","x":"\\ud800"}'),
+            with_record_text(_commit(), '{"$type":"app.blento.card","x":"\\ud800"}'),
             Reason.MALFORMED,
             False,
         ),
         (
-            _with_record(_commit(), '{"$type":"app.blento.card","b":{"$bytes":"@@@"}}'),
+            with_record_text(_commit(), '{"$type":"app.blento.card","b":{"$bytes":"@@@"}}'),
             Reason.RECORD_BAD_BYTES,
             True,
         ),
         (
-            _with_record(_commit(), '{"$type":"app.blento.card","l":{"$link":"."}}'),
+            with_record_text(_commit(), '{"$type":"app.blento.card","l":{"$link":"."}}'),
             Reason.RECORD_BAD_LINK,
             True,
         ),
-        (_with_record(_commit(), '{"text":"no $type"}'), Reason.RECORD_BAD_TYPE, True),
+        (with_record_text(_commit(), '{"text":"no $type"}'), Reason.RECORD_BAD_TYPE, True),
         (
             json.dumps(_commit(record={"$type": CARD, "t": "x" * (2 * 1024 * 1024)})),
             Reason.RECORD_TOO_LARGE,

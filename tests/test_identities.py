@@ -52,6 +52,14 @@ def _claim(dns: DnsStandIn, handle: str, did: str) -> None:
     dns.set(f"_atproto.{handle}", "TXT", f"did={did}")
 
 
+def _seen_and_verified(settings: Settings, net: AtprotoStandIn, dns: DnsStandIn) -> None:
+    """ALICE seen live, then backfilled: her handle `alice.test` verified on the way."""
+    net.add_account(ALICE, handle="alice.test")
+    _claim(dns, "alice.test", ALICE)
+    apply_events(settings.db_path, [create(ALICE, "3kcard", rev=1, t=1)])
+    run_backfill(settings, [ALICE])
+
+
 def handles(db: Path) -> dict[str, str | None]:
     return {did: account.handle for did, account in snapshot(db).accounts.items()}
 
@@ -81,10 +89,7 @@ def test_an_identity_event_leads_to_a_check_of_the_new_handle(
 ) -> None:
     db = tmp_path / "mirror.duckdb"
     settings = settings_for(db, net, dns)
-    net.add_account(ALICE, handle="alice.test")
-    _claim(dns, "alice.test", ALICE)
-    apply_events(db, [create(ALICE, "3kcard", rev=1, t=1)])
-    run_backfill(settings, [ALICE])
+    _seen_and_verified(settings, net, dns)
     assert snapshot(db).accounts[ALICE] == Account("alice.test", "active", hidden=False)
 
     # The account takes a new handle: the document claims it, and its DNS says so.
@@ -105,10 +110,7 @@ def test_a_document_that_cannot_be_read_ends_the_check_and_keeps_what_was_known(
 ) -> None:
     db = tmp_path / "mirror.duckdb"
     settings = settings_for(db, net, dns)
-    net.add_account(ALICE, handle="alice.test")
-    _claim(dns, "alice.test", ALICE)
-    apply_events(db, [create(ALICE, "3kcard", rev=1, t=1)])
-    run_backfill(settings, [ALICE])
+    _seen_and_verified(settings, net, dns)
     apply_events(db, [identity(ALICE, "alice.test", t=2)])  # the same handle: kept meanwhile
     net.fail(PLC, 500, times=10)
 
