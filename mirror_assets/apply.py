@@ -119,7 +119,7 @@ WHERE record_versions.did = c.did AND c.status <> c.old_status
   AND record_versions.hidden <> (c.status <> 'active')
 """
 
-_UPDATE_IDENTITIES = f"""
+_MARK_IDENTITIES = f"""
 WITH latest AS ({_latest_per_did(_since_first_seen("batch_identities"))})
 UPDATE accounts SET
     handle = CASE WHEN lower(l.handle) = accounts.handle THEN accounts.handle END,
@@ -301,7 +301,7 @@ def apply_batch(con: duckdb.DuckDBPyConnection, batch: EventBatch) -> ApplyResul
     if batch.accounts.num_rows:
         _apply_accounts(con, result)
     if batch.identities.num_rows:
-        result.identities_changed = _count(con.execute(_UPDATE_IDENTITIES).fetchall())
+        result.identities_changed = _count(con.execute(_MARK_IDENTITIES).fetchall())
     if batch.commits.num_rows:
         _apply_commits(con, batch.commits.num_rows, result, source="live")
     if batch.gaps:

@@ -227,6 +227,9 @@ def test_backfill_refuses_what_it_cannot_do(project: Path, args: list[str], mess
         ("SQL_MEMORY_LIMIT", "a lot", "is not a size such as 512MB or 2GB"),
         ("API_CACHE_BYTES", "-1", "must be greater than zero"),
         ("INGEST_CLOCK_SKEW_SECONDS", "later", "is not a number"),
+        ("INGEST_FLUSH_BYTES", "0", "must be greater than zero"),
+        ("API_BACKFILLS_IN_FLIGHT", "many", "is not a number"),
+        ("SQL_TIMEOUT_SECONDS", "-5", "must be greater than zero"),
     ],
 )
 def test_bad_configuration_is_a_clear_error(

@@ -75,6 +75,7 @@ def settings(
     max_seconds: float = 10.0,
     max_events: int = 1_000_000,
     flush_events: int = 1_000,
+    flush_bytes: int = 128 * 1024 * 1024,
     gap_seconds: float = 300.0,
 ) -> Settings:
     return Settings(
@@ -87,6 +88,7 @@ def settings(
             max_seconds=max_seconds,
             max_events=max_events,
             flush_events=flush_events,
+            flush_bytes=flush_bytes,
             gap_seconds=gap_seconds,
         ),
     )
@@ -687,6 +689,22 @@ def test_a_cursor_gap_is_recorded(
 
 
 # -- flushing --------------------------------------------------------------------------------
+
+
+def test_large_records_are_written_before_a_batch_holds_too_many_bytes(
+    server: JetstreamServer, db: Path
+) -> None:
+    """A stream of the largest records the door lets in must not pile up a batch of
+    INGEST_FLUSH_EVENTS of them in memory: INGEST_FLUSH_BYTES writes it sooner."""
+    big = [create(ALICE, f"big{n}", rev=n + 1, t=n, text="x" * 300_000) for n in range(6)]
+    serve(server, big)
+
+    report = run_ingest(settings(db, server.url, flush_bytes=700_000))
+
+    # 300 kB each: the third of a batch takes it past the bound, which writes it (without the
+    # bound, all six would be one batch).
+    assert report.flushes == 2
+    assert snapshot(db).records == rows(*big)
 
 
 def test_small_flushes_reach_the_same_state_as_one(server: JetstreamServer, tmp_path: Path) -> None:
