@@ -9,7 +9,7 @@
   records, most hold a few: DID = 200,000 * u^3); 80 % of the records arrive in time order
   (live ingest), 20 % with older random times (backfills); every backfill complete; record
   JSON of about 150 bytes.
-* `--recluster` serves a copy put in time order by `mirror_assets.clustering` (as the
+* `--recluster` serves a copy put in time order by `mirror_assets.analytics.clustering` (as the
   nightly `recluster` job leaves it), made once and kept beside the file.
 * The server is `mirror api` (uvicorn, `--workers` processes) on a free port.
 * A writer process commits 1,000 new records every 5 seconds through the store's write
@@ -44,10 +44,10 @@ from pathlib import Path
 import duckdb
 import httpx
 
-from mirror_assets.clustering import recluster
-from mirror_assets.schema import migrate
-from mirror_assets.store import Store
-from mirror_assets.summaries import rebuild_summaries
+from mirror_assets.analytics.clustering import recluster
+from mirror_assets.analytics.summaries import rebuild_summaries
+from mirror_assets.store.file import Store
+from mirror_assets.store.schema import migrate
 
 OUT = Path(__file__).parent / "out"
 CARD, PAGE = "app.blento.card", "app.blento.page"
@@ -255,7 +255,7 @@ def main() -> None:
         "DAGSTER_URL": f"http://127.0.0.1:{free_port()}",
     }
     server = subprocess.Popen(
-        [sys.executable, "-m", "mirror_assets.cli", "api"],
+        [sys.executable, "-m", "mirror_assets.ops.cli", "api"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=(work.parent / "server.log").open("w"),

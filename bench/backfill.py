@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.backfill [--dids 200] [--records 500] [--repeat 2]
                                        [--latency-ms 0] [--keep]
 
-A child process serves a PLC directory and a PDS (`tests/atproto_server.py`, real HTTP, on
+A child process serves a PLC directory and a PDS (`tests/support/atproto_server.py`, real HTTP, on
 two ports as they are two hosts on the network) holding `--dids` repos of `--records`
 records each (about 330 bytes of JSON per record, TID rkeys); `--latency-ms` delays every
 answer, as a PDS across a network does. Two clients page the same data, alternately,
@@ -12,7 +12,7 @@ answer, as a PDS across a network does. Two clients page the same data, alternat
 * bare: an httpx loop that pages `listRecords` for every DID with the mirror's per-host
   limit (BACKFILL_PER_HOST, default 4) and decodes each page, storing nothing: the rate
   the PDS and the network allow;
-* mirror: `mirror_assets.backfill.run_backfill` on a fresh DuckDB file with every DID
+* mirror: `mirror_assets.runs.backfill.run_backfill` on a fresh DuckDB file with every DID
   queued: DID resolution, `getLatestCommit`, paging, checking, and the writes (each page
   with its cursor) in a worker thread.
 
@@ -35,12 +35,12 @@ from pathlib import Path
 import httpx
 import msgspec
 
-from mirror_assets.backfill import run_backfill
-from mirror_assets.backfill_queue import queue
+from mirror_assets.atproto.nsids import CollectionFilter
 from mirror_assets.config import BackfillLimits, Settings
-from mirror_assets.nsids import CollectionFilter
-from mirror_assets.store import Store
-from tests.events_factory import numbered_did, tid
+from mirror_assets.model.backfills import queue
+from mirror_assets.runs.backfill import run_backfill
+from mirror_assets.store.file import Store
+from tests.support.events_factory import numbered_did, tid
 
 OUT = Path(__file__).parent / "out"
 COLLECTION = "app.blento.card"
@@ -50,7 +50,7 @@ START_US = 1_725_000_000_000_000
 def serve(dids: int, records: int, latency: float, ready: Connection) -> None:
     """The child: a PLC directory and a PDS (two hosts, as on the network) with the
     benchmark's repos, each answer `latency` seconds late, until terminated."""
-    from tests.atproto_server import AtprotoStandIn
+    from tests.support.atproto_server import AtprotoStandIn
 
     plc, net = AtprotoStandIn().start(), AtprotoStandIn().start()
     plc.latency_seconds = net.latency_seconds = latency

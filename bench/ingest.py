@@ -4,7 +4,7 @@
                                      [--cprofile] [--server lean|tests] [--keep]
 
 A child process replays N synthetic events (bench/synth.py) as fast as the client takes
-them; the client is `mirror_assets.ingest.run_ingest(Settings(...))` on a fresh DuckDB file
+them; the client is `mirror_assets.runs.ingest.run_ingest(Settings(...))` on a fresh DuckDB file
 under bench/out/. Reported per run:
 
 * end to end events/s: frames / (time from the start of the cycle (cursor read, connect)
@@ -53,18 +53,18 @@ import duckdb
 import pyarrow as pa
 import websockets
 
-import mirror_assets.apply as apply_module
-import mirror_assets.ingest as ingest_module
-import mirror_assets.store as store_module
+import mirror_assets.model.apply as apply_module
+import mirror_assets.runs.ingest as ingest_module
+import mirror_assets.store.file as store_module
 from bench import synth
 from bench.server import serve
-from mirror_assets.batch import BatchBuilder
+from mirror_assets.atproto.events import decode_frame
+from mirror_assets.atproto.nsids import CollectionFilter
 from mirror_assets.config import IngestLimits, Settings
-from mirror_assets.events import decode_frame
-from mirror_assets.ingest import run_ingest
-from mirror_assets.jetstream import JetstreamReader
-from mirror_assets.nsids import CollectionFilter
-from mirror_assets.store import Store
+from mirror_assets.model.batch import BatchBuilder
+from mirror_assets.network.jetstream import JetstreamReader
+from mirror_assets.runs.ingest import run_ingest
+from mirror_assets.store.file import Store
 
 OUT = Path(__file__).resolve().parent / "out"
 TRACKED = CollectionFilter.parse(synth.TRACKED)

@@ -6,7 +6,7 @@ the benchmark measures the client. It honours `cursor` (frames at or after it), 
 pings and the closing handshake, and keeps the connection open and silent after the
 backlog, like a quiet Jetstream. Every connection gets the whole backlog again.
 
-`--server tests` runs the test suite's `JetstreamServer` (tests/jetstream_server.py) in
+`--server tests` runs the test suite's `JetstreamServer` (tests/support/jetstream_server.py) in
 the child instead, for comparison: it sends frame by frame through the websockets library.
 """
 
@@ -160,7 +160,7 @@ def serve(conn: Connection, spec: StreamSpec, kind: str = "lean") -> None:
     if kind == "lean":
         asyncio.run(_serve_lean(LeanServer(frames, times), conn))
         return
-    from tests.jetstream_server import JetstreamServer
+    from tests.support.jetstream_server import JetstreamServer
 
     server = JetstreamServer()
     for text, time_us in zip(frames, times, strict=True):

@@ -19,21 +19,21 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.types import Message, Scope
 
-from mirror_api.backfill_trigger import BackfillTrigger
-from mirror_api.backfills import BackfillController
-from mirror_api.cursor import CursorController
-from mirror_api.dagster_client import DagsterClient
-from mirror_api.health import HealthController
+from mirror_api.dependencies import Services
 from mirror_api.openapi import RecordJsonSchema
-from mirror_api.params import CollectionNotTrackedError, Cursors
+from mirror_api.paging import CollectionNotTrackedError, Cursors
 from mirror_api.reader import MirrorReader
-from mirror_api.records import RecordsController
-from mirror_api.responses import ErrorBody
-from mirror_api.services import Services
-from mirror_api.stats import StatsController
-from mirror_api.users import UsersController
+from mirror_api.routes.backfills import BackfillController
+from mirror_api.routes.cursor import CursorController
+from mirror_api.routes.health import HealthController
+from mirror_api.routes.records import RecordsController
+from mirror_api.routes.stats import StatsController
+from mirror_api.routes.users import UsersController
+from mirror_api.schemas import ErrorBody
+from mirror_api.services.backfill_trigger import BackfillTrigger
+from mirror_api.services.dagster_client import DagsterClient
 from mirror_assets.config import Settings
-from mirror_assets.lock import LockTimeoutError
+from mirror_assets.store.lock import LockTimeoutError
 
 log = logging.getLogger(__name__)
 

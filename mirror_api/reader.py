@@ -27,8 +27,8 @@ import msgspec
 from cachetools import LRUCache
 
 from mirror_assets.config import Settings
-from mirror_assets.lock import LingeringRead, read_lock
-from mirror_assets.schema import migrate
+from mirror_assets.store.lock import LingeringRead, read_lock
+from mirror_assets.store.schema import migrate
 
 SCHEMA = "mirror"  # the name the file is attached under
 # The kept answers are bounded by their bytes, and by their number too: an answer's size does

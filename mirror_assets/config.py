@@ -14,7 +14,7 @@ from pathlib import Path
 
 from dotenv import load_dotenv
 
-from mirror_assets.nsids import CollectionFilter
+from mirror_assets.atproto.nsids import CollectionFilter
 
 DEFAULT_COLLECTIONS = "app.blento.card,app.blento.page"
 DEFAULT_JETSTREAM_URLS = ",".join(

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from xdist.scheduler import LoadScopeScheduling
 
-from tests.atproto_server import AtprotoStandIn
+from tests.support.atproto_server import AtprotoStandIn
 
 # Tests that share one resource run in one test process: the interop network (a session
 # fixture, and one Node install) and the HTTPS server that holds port 443.
-SHARED_SCOPES = ("tests/interop/", "tests/test_handles.py")
+SHARED_SCOPES = ("tests/interop/", "tests/network/test_handles.py")
 
 
 class _OneByOneButShared(LoadScopeScheduling):

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.api_helpers import free_port
 from tests.interop.harness import Network
 from tests.interop.jetstream_bridge import JetstreamBridge
 from tests.interop.network import START_SECONDS, DevNetwork
@@ -26,6 +25,7 @@ from tests.interop.node_install import (
 )
 from tests.interop.pds_client import PdsClient
 from tests.interop.relay import RelayStandIn
+from tests.support.api_helpers import free_port
 
 HERE = Path(__file__).resolve().parent
 SCENARIO_SECONDS = 240

@@ -21,10 +21,16 @@ from typing import Any
 import dagster as dg
 
 from mirror_assets.config import Settings
-from mirror_assets.definitions import build_definitions
-from mirror_assets.jobs import BACKFILL_JOB, DISCOVERY_JOB, IDENTITIES_JOB, INGEST_JOB, in_flight
-from mirror_assets.resources import MirrorResource
-from mirror_assets.sensors import backfill_sensor, discovery_sensor, identity_sensor
+from mirror_assets.defs.definitions import build_definitions
+from mirror_assets.defs.jobs import (
+    BACKFILL_JOB,
+    DISCOVERY_JOB,
+    IDENTITIES_JOB,
+    INGEST_JOB,
+    in_flight,
+)
+from mirror_assets.defs.resources import MirrorResource
+from mirror_assets.defs.sensors import backfill_sensor, discovery_sensor, identity_sensor
 
 MAX_SENSOR_TICKS = 20  # a backfill that needs more launches than this does not converge
 

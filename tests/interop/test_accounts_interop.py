@@ -8,7 +8,7 @@ from pathlib import Path
 from litestar.testing import TestClient
 
 from mirror_api.app import create_app
-from mirror_assets.store import Store
+from mirror_assets.store.file import Store
 from tests.interop.harness import Network
 from tests.interop.pipeline import running_pipeline
 from tests.interop.records import CARD, PAGE, create_many

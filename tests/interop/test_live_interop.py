@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mirror_assets.store import Store
+from mirror_assets.store.file import Store
 from tests.interop.harness import Network
 from tests.interop.pds_client import Account, PdsClient
 from tests.interop.pipeline import running_pipeline

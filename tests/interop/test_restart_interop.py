@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from mirror_assets.store import Store
+from mirror_assets.store.file import Store
 from tests.interop.harness import Network
 from tests.interop.pipeline import fail_dead_runs, running_pipeline
 from tests.interop.records import CARD, PAGE, create_many, record

@@ -23,7 +23,7 @@ from litestar.testing import TestClient
 
 from mirror_api.app import create_app
 from mirror_assets.config import Settings
-from mirror_assets.store import Store
+from mirror_assets.store.file import Store
 from tests.interop.pds_client import PdsReader
 
 SHOWN_DIFFERENCES = 20

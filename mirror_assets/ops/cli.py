@@ -1,0 +1,539 @@
+"""`mirror`: the operator's command for running, ingesting into and inspecting the mirror."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mirror_assets.atproto.cursor_time import cursor_iso
+from mirror_assets.config import ConfigError, Settings
+from mirror_assets.ops import admin
+from mirror_assets.ops.sql_console import FORMATS, QueryLimits, format_result, run_query
+from mirror_assets.ops.status import MirrorStatus, read_status
+from mirror_assets.store.file import Store
+from mirror_assets.store.lock import LockTimeoutError
+
+
+class CommandError(RuntimeError):
+    """A command cannot go on; the message tells the operator what to do."""
+
+
+def dagster_home_path() -> Path:
+    """DAGSTER_HOME, or `.dagster/` in the working directory (which may not exist yet)."""
+    return Path(os.environ.get("DAGSTER_HOME") or Path.cwd() / ".dagster").absolute()
+
+
+def dagster_home() -> Path:
+    """The Dagster home, created if missing, holding a copy of dagster.yaml."""
+    home = dagster_home_path()
+    home.mkdir(parents=True, exist_ok=True)
+    config = Path.cwd() / "dagster.yaml"
+    if config.is_file():
+        shutil.copyfile(config, home / "dagster.yaml")
+    elif not (home / "dagster.yaml").is_file():
+        raise CommandError("no dagster.yaml here: run `mirror` from the project's root folder")
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+def cmd_run(settings: Settings, _: argparse.Namespace) -> int:
+    """Dagster (webserver and daemon) and the API together, until Ctrl-C or one of them exits."""
+    if not Path("workspace.yaml").is_file():
+        raise CommandError("no workspace.yaml here: run `mirror run` from the project's root")
+    home = dagster_home()
+    Store(settings.db_path).init()
+    # Dagster runs in DAGSTER_HOME (it warns about a dagster.yaml in any other working
+    # folder), so every path it inherits must be absolute.
+    env = {**os.environ, "DAGSTER_HOME": str(home), "MIRROR_DB": str(settings.db_path.absolute())}
+    workspace = str(Path("workspace.yaml").absolute())
+    port = str(settings.dagster_port)
+    dagster = subprocess.Popen(
+        [_bin("dagster"), "dev", "-w", workspace, "-h", "127.0.0.1", "-p", port], env=env, cwd=home
+    )
+    api = subprocess.Popen([sys.executable, "-m", "mirror_assets.ops.cli", "api"], env=env)
+    print(
+        f"Dagster UI: http://127.0.0.1:{settings.dagster_port}  "
+        f"API: http://{settings.api_host}:{settings.api_port}  (DAGSTER_HOME={home}); "
+        "Ctrl-C stops both",
+        flush=True,
+    )
+    children = [dagster, api]
+    # A service manager stops with SIGTERM: treat it as Ctrl-C, so the children stop too.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        os.wait()  # returns when either child exits
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGINT)
+        for child in children:
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+    return max((child.returncode or 0) for child in children)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _bin(name: str) -> str:
+    """A console script installed beside this Python (the venv's), else from PATH."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else name
+
+
+def cmd_api(settings: Settings, _: argparse.Namespace) -> int:
+    import uvicorn
+
+    uvicorn.run(
+        "mirror_api.app:create_app",
+        factory=True,
+        host=settings.api_host,
+        port=settings.api_port,
+        workers=settings.api_workers if settings.api_workers > 1 else None,
+    )
+    return 0
+
+
+def cmd_ingest(settings: Settings, _: argparse.Namespace) -> int:
+    """One ingest cycle as a Dagster run of the `ingest` job, recorded in the instance."""
+    return _execute_job(settings, "ingest", "records")
+
+
+def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
+    """List one DID's collections anew, now, as a Dagster run of its `dids` partition."""
+    from mirror_assets.atproto.syntax import is_did
+
+    did: str = args.did
+    if not is_did(did):
+        raise CommandError(f"{did!r} is not a DID (did:plc:... or did:web:...)")
+    if args.collection and not settings.collections.matches(args.collection):
+        raise CommandError(f"{args.collection} is not tracked (COLLECTIONS={settings.collections})")
+    collections = [args.collection] if args.collection else _collections_of(settings, did)
+    if not collections:
+        raise CommandError(
+            f"COLLECTIONS={settings.collections} names no exact collection and {did} has no "
+            "backfill yet: name one with --collection"
+        )
+    config = {"restart_collections": collections}
+    return _execute_job(settings, "backfill", "did_backfill", partition=did, config=config)
+
+
+def _collections_of(settings: Settings, did: str) -> list[str]:
+    """The tracked exact collections, and those the DID already has a backfill of."""
+    with Store(settings.db_path).reading() as con:
+        rows = con.execute("SELECT collection FROM backfills WHERE did = ?", [did]).fetchall()
+    known = {row[0] for row in rows if settings.collections.matches(row[0])}
+    return sorted(settings.collections.exact | known)
+
+
+def _execute_job(
+    settings: Settings,
+    job_name: str,
+    asset: str,
+    partition: str | None = None,
+    config: Mapping[str, object] | None = None,
+) -> int:
+    """Run a job in this process, recorded in the instance; print its metadata or error."""
+    dagster_home()
+    import dagster as dg
+
+    from mirror_assets.defs.backfill import DIDS
+    from mirror_assets.defs.definitions import build_definitions
+    from mirror_assets.defs.jobs import WRITER_TAG
+    from mirror_assets.defs.resources import MirrorResource
+
+    defs = build_definitions(MirrorResource.from_settings(settings))
+    job = defs.resolve_job_def(job_name)
+    run_config: dict[str, object] = {
+        # The run's own event log keeps every detail; the terminal gets the summary.
+        "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+    }
+    if config is not None:
+        run_config["ops"] = {asset: {"config": config}}
+    with dg.DagsterInstance.get() as instance:
+        if partition is not None and not instance.has_dynamic_partition(DIDS, partition):
+            instance.add_dynamic_partitions(DIDS, [partition])
+        result = job.execute_in_process(
+            instance=instance,
+            tags={WRITER_TAG: job_name},
+            run_config=run_config,
+            partition_key=partition,
+            raise_on_error=False,
+        )
+    print(f"run {result.run_id}: {'success' if result.success else 'failure'}")
+    events: list[dg.AssetObservation | dg.AssetMaterialization] = [
+        *result.asset_observations_for_node(asset),
+        *result.asset_materializations_for_node(asset),
+    ]
+    for event in events:
+        if event.metadata:
+            for key, value in event.metadata.items():
+                print(f"  {key}: {getattr(value, 'value', value)}")
+        elif event.partition:
+            print(f"  done: {event.partition}")
+    failure = None if result.success else result.failure_data_for_node(asset)
+    if failure is not None and failure.error is not None:
+        error = failure.error.cause or failure.error  # the asset's own error, not the wrapper
+        print(f"  error: {error.message.strip()}", file=sys.stderr)
+    return 0 if result.success else 1
+
+
+def cmd_init(settings: Settings, _: argparse.Namespace) -> int:
+    Store(settings.db_path).init()
+    print(f"{settings.db_path}: schema ready")
+    return 0
+
+
+def _confirmed(args: argparse.Namespace, consequence: str, question: str) -> bool:
+    """Whether to go on: --yes, or "y" typed at the terminal. Asked before the lock is taken,
+    so a hesitating operator never holds up the writers."""
+    if args.yes:
+        return True
+    if not sys.stdin.isatty():
+        raise CommandError(f"this {consequence}: confirm with --yes")
+    answer = input(f"{question} [y/N] ")
+    if answer.strip().lower() in ("y", "yes"):
+        return True
+    print("nothing changed")
+    return False
+
+
+def cmd_reset(settings: Settings, args: argparse.Namespace) -> int:
+    if not _confirmed(
+        args,
+        "deletes every record",
+        f"Delete every record, cursor and backfill in {settings.db_path}?",
+    ):
+        return 1
+    Store(settings.db_path).reset()
+    print(f"{settings.db_path}: all data dropped, schema recreated; the next ingest starts live")
+    return 0
+
+
+def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
+    """Every row of one collection, in every table that has a `collection` column."""
+    collection = admin.check_nsid(args.collection)
+    if not _confirmed(
+        args,
+        f"deletes every row of {collection}",
+        f"Delete every record, tombstone, backfill and summary of {collection} "
+        f"in {settings.db_path}?",
+    ):
+        return 1
+    with Store(settings.db_path).writing() as tx:
+        removed = admin.purge_collection(tx.con, collection)
+    print(f"{collection}: {sum(removed.values())} rows removed from {settings.db_path}")
+    width = max(map(len, removed), default=0)
+    for table, count in removed.items():
+        print(f"  {table:<{width}} {count:>10}")
+    print(_refill_note(settings, collection))
+    return 0
+
+
+def _refill_note(settings: Settings, collection: str) -> str:
+    tracked = settings.collections
+    if not tracked.matches(collection):
+        return f"{collection} is not tracked (COLLECTIONS={tracked}): nothing brings it back"
+    if collection in tracked.exact:
+        return (
+            f"{collection} is still tracked (COLLECTIONS={tracked}): the next ingest, "
+            "discovery and backfills fill it again"
+        )
+    return (
+        f"{collection} is still tracked (COLLECTIONS={tracked}): the next ingest fills it "
+        "again, and backfills of the DIDs it shows (a prefix.* collection is not discovered)"
+    )
+
+
+def cmd_reset_cursor(settings: Settings, args: argparse.Namespace) -> int:
+    """Delete the Jetstream cursor (the next run starts live), or set it to a time."""
+    target = None if args.to is None else admin.parse_cursor_time(args.to)
+    question = (
+        "Delete the cursor, so the next ingest starts at the live edge?"
+        if target is None
+        else f"Set the cursor to {_cursor_text(target)}?"
+    )
+    if not _confirmed(args, "moves the ingest cursor", question):
+        return 1
+    with Store(settings.db_path).writing() as tx:
+        old = admin.set_cursor(tx.con, target)
+    print(f"cursor: {_cursor_text(old)} -> {_cursor_text(target)}")
+    for line in _cursor_notes(old, target, time.time()):
+        print(line)
+    return 0
+
+
+def _cursor_text(time_us: int | None) -> str:
+    return "none" if time_us is None else f"{time_us} ({cursor_iso(time_us)})"
+
+
+def _cursor_notes(old: int | None, new: int | None, now: float) -> list[str]:
+    if new is None:
+        skipped = "" if old is None else f"; events after {cursor_iso(old)} are not read"
+        return [f"the next ingest starts at the live edge of the stream{skipped}"]
+    notes = [f"the next ingest reads the stream from {cursor_iso(new)}"]
+    if old is not None and new > old:
+        notes.append(
+            f"warning: the cursor moved forward; events after {cursor_iso(old)} "
+            "and before it are not read"
+        )
+    age = now - new / 1e6
+    keeps = "warning: " if age > admin.JETSTREAM_KEEPS_SECONDS else ""
+    notes.append(
+        f"{keeps}that is {age / 3600:.1f} h ago. Jetstream keeps about a day of events: from "
+        "an older cursor it starts later, which the ingest records as a cursor gap (and every "
+        "backfill starts again)"
+    )
+    return notes
+
+
+def cmd_reset_backfills(settings: Settings, args: argparse.Namespace) -> int:
+    """Backfills back to pending, paged again from the top by the backfill sensor's runs."""
+    from mirror_assets.atproto.syntax import is_did
+
+    if args.did is not None and not is_did(args.did):
+        raise CommandError(f"{args.did!r} is not a DID (did:plc:... or did:web:...)")
+    selection = admin.BackfillSelection(
+        statuses=tuple(args.status or ()),
+        collection=None if args.collection is None else admin.check_nsid(args.collection),
+        did=args.did,
+    )
+    which = _selection_text(selection)
+    if not _confirmed(args, f"restarts {which}", f"Restart {which} from their first page?"):
+        return 1
+    with Store(settings.db_path).writing() as tx:
+        before = admin.reset_backfills(tx.con, selection)
+    if not before:
+        print(f"no backfills match ({which}): nothing changed")
+        return 0
+    print(f"{sum(before.values())} backfills set back to pending ({which}), by previous status:")
+    for status, count in before.items():
+        print(f"  {status:<12} {count:>8}")
+    print("the backfill sensor launches them within a minute while `mirror run` is up")
+    return 0
+
+
+def _selection_text(selection: admin.BackfillSelection) -> str:
+    parts = [f"status {' or '.join(selection.statuses)}"] if selection.statuses else []
+    parts += [
+        f"{name} {value}"
+        for name, value in (("collection", selection.collection), ("did", selection.did))
+        if value is not None
+    ]
+    return "backfills with " + ", ".join(parts) if parts else "every backfill"
+
+
+def cmd_sql(settings: Settings, args: argparse.Namespace) -> int:
+    """One read-only query, printed as a table, CSV or JSON."""
+    limits = QueryLimits(settings.sql_timeout_seconds, settings.sql_memory_limit)
+    result = run_query(settings.db_path, args.query, args.max_rows, limits)
+    sys.stdout.write(format_result(result, args.format))
+    more = "; more rows match: raise --max-rows" if result.truncated else ""
+    if args.format == "table":
+        print(f"({len(result.rows)} rows{more})")
+    elif result.truncated:
+        # On stderr, so the CSV or JSON on stdout stays whole and parseable.
+        print(f"mirror sql: only the first {len(result.rows)} rows{more}", file=sys.stderr)
+    return 0
+
+
+def cmd_status(settings: Settings, _: argparse.Namespace) -> int:
+    from mirror_assets.ops.job_runs import job_names, last_runs
+
+    # The file first, under its read lock; then Dagster's storage, with the file let go.
+    with Store(settings.db_path).reading() as con:
+        status = read_status(con)
+    print(format_status(settings, status))
+    home = dagster_home_path()
+    runs = last_runs(home, job_names(settings))
+    if runs is None:
+        print(f"last runs: no runs yet (no Dagster instance in {home})")
+        return 0
+    print(f"last runs ({home}):")
+    width = max((len(run.job) for run in runs), default=0)
+    now = time.time()
+    for run in runs:
+        print(f"  {run.job:<{width}} {run.describe(now)}")
+    return 0
+
+
+def format_status(settings: Settings, status: MirrorStatus) -> str:
+    lines = [f"file: {settings.db_path} (schema {status.schema_version})"]
+    lines.append(f"tracked collections: {settings.collections}")
+    if status.cursor_us is None:
+        lines.append("cursor: none yet (the next ingest starts live)")
+    else:
+        source = (
+            f"from {status.cursor_endpoint}"
+            if status.cursor_endpoint
+            else "set by `mirror reset-cursor`"
+        )
+        lines.append(
+            f"cursor: {status.cursor_us} ({status.cursor_iso}, {status.lag_seconds:.0f} s ago) "
+            f"{source}"
+        )
+    lines.append(f"{'collection':<40} {'records':>10} {'hidden':>8} {'deleted':>8} {'users':>8}")
+    for c in status.collections:
+        lines.append(
+            f"{c.collection:<40} {c.records:>10} {c.hidden:>8} {c.tombstones:>8} {c.dids:>8}"
+        )
+    lines.append(
+        f"accounts: {_by_status(status.accounts_by_status)} ({status.handles_verified} handles "
+        f"verified, {status.identities_to_check} identities to check)"
+    )
+    lines.append(
+        f"backfills: {_by_status(status.backfills_by_status)} "
+        f"({status.backfill_records} records in {status.backfill_pages} pages)"
+    )
+    for failed in status.failed_backfills:
+        retry = f"{failed.next_attempt_at:%Y-%m-%d %H:%M}" if failed.next_attempt_at else "now"
+        lines.append(
+            f"  failed: {failed.did} {failed.collection} ({failed.attempts} attempts, "
+            f"retry {retry}): {failed.last_error}"
+        )
+    for discovery in status.discovery:
+        state = "pass in progress" if discovery.in_progress else "last complete pass"
+        when = f"{discovery.completed_at:%Y-%m-%d %H:%M}" if discovery.completed_at else "never"
+        lines.append(
+            f"discovery: {discovery.collection} on {discovery.relay}: {discovery.repos_listed} "
+            f"repos listed, {discovery.dids_queued} new ({state}; completed {when})"
+        )
+    for detected_at, endpoint, seconds in status.gaps:
+        lines.append(
+            f"cursor gap: {detected_at:%Y-%m-%d %H:%M} on {endpoint}, {seconds:.0f} s lost"
+        )
+    return "\n".join(lines)
+
+
+def _by_status(counts: dict[str, int]) -> str:
+    return ", ".join(f"{status} {n}" for status, n in counts.items()) or "none"
+
+
+def _yes(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
+
+def _backfill_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("did", metavar="DID")
+    command.add_argument("--collection", help="one tracked collection (default: all)")
+
+
+def _purge_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("collection", metavar="COLLECTION", help="an NSID, e.g. app.blento.card")
+    _yes(command)
+
+
+def _reset_cursor_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--to",
+        metavar="TIME",
+        help="a time_us or an ISO 8601 time (UTC unless it says otherwise); "
+        "default: no cursor, the next ingest starts live",
+    )
+    _yes(command)
+
+
+def _reset_backfills_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--status",
+        action="append",
+        choices=admin.BACKFILL_STATUSES,
+        help="only backfills in this status (repeatable; default: every status)",
+    )
+    command.add_argument("--collection", help="only backfills of this collection")
+    command.add_argument("--did", help="only backfills of this DID")
+    _yes(command)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return int(text)
+
+
+def _sql_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("query", metavar="QUERY", help="one SELECT (or EXPLAIN) statement")
+    command.add_argument("--format", choices=FORMATS, default="table")
+    command.add_argument(
+        "--max-rows", type=_positive, default=1000, help="print at most this many rows (1000)"
+    )
+
+
+def _no_arguments(_: argparse.ArgumentParser) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Command:
+    run: Callable[[Settings, argparse.Namespace], int]
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None] = _no_arguments
+
+
+COMMANDS = {
+    "run": Command(cmd_run, "start Dagster (webserver and daemon) and the API; Ctrl-C stops both"),
+    "api": Command(cmd_api, "serve the API alone"),
+    "ingest": Command(cmd_ingest, "run one ingest cycle now, through Dagster"),
+    "backfill": Command(
+        cmd_backfill,
+        "list one DID's collections from its PDS now, through Dagster",
+        _backfill_arguments,
+    ),
+    "init": Command(cmd_init, "create or migrate the DuckDB schema"),
+    "reset": Command(cmd_reset, "drop all data and recreate the schema", _yes),
+    "status": Command(cmd_status, "counts per collection, cursor and lag, backfills, last runs"),
+    "sql": Command(
+        cmd_sql, "run one read-only query, printed as a table, CSV or JSON", _sql_arguments
+    ),
+    "purge": Command(
+        cmd_purge, "delete every row of one collection from every table", _purge_arguments
+    ),
+    "reset-cursor": Command(
+        cmd_reset_cursor,
+        "delete the ingest cursor (start live) or set it to a time",
+        _reset_cursor_arguments,
+    ),
+    "reset-backfills": Command(
+        cmd_reset_backfills,
+        "set backfills back to pending, to be listed again from the first page",
+        _reset_backfills_arguments,
+    ),
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="mirror", description=__doc__)
+    sub = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, command in COMMANDS.items():
+        command.arguments(sub.add_parser(name, help=command.help, description=command.help))
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
+    try:
+        settings = Settings.from_env()
+        return COMMANDS[args.command].run(settings, args)
+    except (CommandError, ConfigError, ValueError, LockTimeoutError) as error:
+        print(f"mirror {args.command}: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""The DuckDB file behind the lock: short write transactions and read-only views of it.
+
+A writer takes the cross-process write lock, opens the file, runs one transaction and
+closes it again, so Dagster runs and the API take turns (DESIGN section 5). Network work
+never happens inside `Store.writing()`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from mirror_assets.store.lock import LockWait, read_lock, write_lock
+from mirror_assets.store.schema import SCHEMA_VERSION, current_version, drop_all, migrate
+
+
+@dataclass
+class Transaction:
+    """An open write transaction and how long it waited for the lock."""
+
+    con: duckdb.DuckDBPyConnection
+    lock_wait: LockWait
+
+
+class Store:
+    """The mirror's DuckDB file, opened only for as long as one transaction takes."""
+
+    def __init__(self, path: Path, lock_timeout: float = 120.0) -> None:
+        self.path = path
+        self.lock_timeout = lock_timeout
+
+    @contextmanager
+    def writing(self) -> Iterator[Transaction]:
+        """One write transaction under the write lock; commits on success, rolls back on error."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with write_lock(self.path, self.lock_timeout) as wait:
+            con = self._connect(read_only=False)
+            try:
+                con.execute("BEGIN TRANSACTION")
+                migrate(con)
+                try:
+                    yield Transaction(con, wait)
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+                con.execute("COMMIT")
+            finally:
+                con.close()
+
+    @contextmanager
+    def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-only connection under the read lock (the schema is created if missing)."""
+        if self.path.exists():
+            with self._read_only() as con:
+                if current_version(con) >= SCHEMA_VERSION:
+                    yield con
+                    return
+        # No file, a file without the schema (a writer was killed inside the file's first
+        # transaction), or an older schema: create or migrate it, then read.
+        self.init()
+        with self._read_only() as con:
+            yield con
+
+    @contextmanager
+    def _read_only(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with read_lock(self.path, self.lock_timeout):
+            con = self._connect(read_only=True)
+            try:
+                yield con
+            finally:
+                con.close()
+
+    def _connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        """Open the file; wait out a process that holds it without taking our lock.
+
+        Every process of the mirror goes through the lock, but an analyst's DuckDB shell
+        does not: its open file makes ours fail with "Could not set lock". Waiting for it
+        (up to the lock timeout) turns a short outside read into a delay instead of an error.
+        """
+        deadline = time.monotonic() + self.lock_timeout
+        delay = 0.05
+        while True:
+            try:
+                return duckdb.connect(str(self.path), read_only=read_only)
+            except duckdb.IOException as error:
+                if "lock" not in str(error).lower() or time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    def init(self) -> None:
+        """Create or migrate the schema."""
+        with self.writing():
+            pass
+
+    def reset(self) -> None:
+        """Drop every table and view, then create the schema afresh."""
+        with self.writing() as tx:
+            drop_all(tx.con)
+            migrate(tx.con)
+
+    def cursor_us(self) -> int | None:
+        """The Jetstream cursor of the last committed batch, if any."""
+        with self.reading() as con:
+            rows = con.execute("SELECT cursor_us FROM ingest_state").fetchall()
+        return int(rows[0][0]) if rows else None

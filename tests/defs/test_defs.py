@@ -1,0 +1,105 @@
+"""The Dagster definitions load, and hold what the UI should show."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from mirror_assets.defs.definitions import defs
+
+
+def _parents(key: str) -> set[str]:
+    node = defs.resolve_asset_graph().get(dg.AssetKey(key))
+    return {parent.to_user_string() for parent in node.parent_keys}
+
+
+def test_definitions_load_with_the_lineage_the_data_follows() -> None:
+    dg.Definitions.validate_loadable(defs)
+    graph = defs.resolve_asset_graph()
+    assert {key.to_user_string() for key in graph.get_all_asset_keys()} == {
+        "jetstream",
+        "pds",
+        "relay",
+        "identity_sources",
+        "records",
+        "account_identities",
+        "discovered_repos",
+        "did_backfill",
+        "user_counts",
+        "collection_stats",
+        "daily_activity",
+        "parquet_exports",
+    }
+    assert _parents("records") == {"jetstream"}
+    assert _parents("discovered_repos") == {"relay"}
+    assert _parents("account_identities") == {"identity_sources", "records"}
+    assert _parents("did_backfill") == {"pds", "records", "discovered_repos"}
+    for table in ("user_counts", "collection_stats", "daily_activity"):
+        assert _parents(table) == {"records", "did_backfill"}
+        assert graph.get(dg.AssetKey(table)).group_name == "analytics"
+    assert _parents("parquet_exports") == {"records"}
+    backfill = graph.get(dg.AssetKey("did_backfill"))
+    assert isinstance(backfill.partitions_def, dg.DynamicPartitionsDefinition)
+    assert backfill.partitions_def.name == "dids"
+
+
+def test_ingest_schedule_runs_every_minute_from_the_start() -> None:
+    schedule = defs.resolve_schedule_def("ingest_every_minute")
+    assert schedule.cron_schedule == "* * * * *"
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    assert schedule.job_name == "ingest"
+    assert defs.resolve_job_def("ingest").tags["mirror/writer"] == "ingest"
+    # Each ingest cycle rebuilds the analytics tables after `records`, and checks freshness.
+    ingest = defs.resolve_job_def("ingest").asset_layer
+    assert {key.to_user_string() for key in ingest.executable_asset_keys} == {
+        "records",
+        "user_counts",
+        "collection_stats",
+        "daily_activity",
+    }
+    assert _checks("ingest") == {"records:cursor_fresh"}
+
+
+def _checks(job: str) -> set[str]:
+    """The asset checks a job runs."""
+    keys = defs.resolve_job_def(job).asset_layer.asset_graph.asset_check_keys
+    return {key.to_user_string() for key in keys}
+
+
+def test_the_scanning_checks_run_hourly_and_the_exports_on_their_cron() -> None:
+    assert _checks("checks") == {
+        "records:uris_match_keys",
+        "records:only_tracked_collections",
+        "records:accounts_shown_as_their_status",
+        "records:one_row_per_uri",
+        "did_backfill:few_failed_backfills",
+    }
+    assert not defs.resolve_job_def("checks").asset_layer.executable_asset_keys
+    assert not _checks("backfill")
+    hourly = defs.resolve_schedule_def("checks_hourly")
+    assert (hourly.job_name, hourly.default_status) == ("checks", dg.DefaultScheduleStatus.RUNNING)
+    exports = defs.resolve_schedule_def("parquet_exports_schedule")
+    assert (exports.job_name, exports.cron_schedule) == ("export", "41 * * * *")
+    recluster = defs.resolve_schedule_def("recluster_daily")
+    assert (recluster.job_name, recluster.default_status) == (
+        "recluster",
+        dg.DefaultScheduleStatus.RUNNING,
+    )
+    assert defs.resolve_job_def("recluster").tags["mirror/writer"] == "recluster"
+    # Exports and checks only read: they take no writer slot.
+    for job in ("checks", "export"):
+        assert "mirror/writer" not in defs.resolve_job_def(job).tags
+
+
+def test_backfill_discovery_and_identity_checks_run_by_themselves() -> None:
+    for name, job in (
+        ("backfill_sensor", "backfill"),
+        ("discovery_sensor", "discovery"),
+        ("identity_sensor", "identities"),
+    ):
+        sensor = defs.resolve_sensor_def(name)
+        assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+        assert sensor.job_name == job
+        assert defs.resolve_job_def(job).tags["mirror/writer"] == job
+    daily = defs.resolve_schedule_def("discovery_daily")
+    assert daily.default_status == dg.DefaultScheduleStatus.RUNNING
+    assert daily.job_name == "discovery"
