@@ -21,6 +21,7 @@ lint: install
 	$(BIN)/ruff check mirror_assets mirror_api tests bench
 	$(BIN)/ruff format --check mirror_assets mirror_api tests bench
 	$(BIN)/mypy mirror_assets mirror_api
+	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/pytest -n 2

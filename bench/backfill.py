@@ -134,7 +134,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep bench/out/backfill/")
     args = parser.parse_args()
     expected = args.dids * args.records
-    per_host = BackfillLimits.per_host
+    per_host = BackfillLimits().per_host
 
     receive, send = mp.get_context("spawn").Pipe(duplex=False)
     server = mp.get_context("spawn").Process(

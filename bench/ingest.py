@@ -53,7 +53,6 @@ import duckdb
 import pyarrow as pa
 import websockets
 
-import mirror_assets.model.apply as apply_module
 import mirror_assets.runs.ingest as ingest_module
 import mirror_assets.store.file as store_module
 from bench import synth
@@ -61,6 +60,7 @@ from bench.server import serve
 from mirror_assets.atproto.events import decode_frame
 from mirror_assets.atproto.nsids import CollectionFilter
 from mirror_assets.config import IngestLimits, Settings
+from mirror_assets.model import accounts, backfills, cursor, records
 from mirror_assets.model.batch import BatchBuilder
 from mirror_assets.network.jetstream import JetstreamReader
 from mirror_assets.runs.ingest import run_ingest
@@ -110,7 +110,8 @@ class ServerProcess:
 def _statement_names() -> dict[str, str]:
     names = {
         value: name.strip("_").lower()
-        for name, value in vars(apply_module).items()
+        for module in (accounts, backfills, cursor, records)
+        for name, value in vars(module).items()
         if name.startswith("_") and isinstance(value, str) and len(value) > 30
     }
     names.update({"BEGIN TRANSACTION": "begin", "COMMIT": "commit", "ROLLBACK": "rollback"})
@@ -131,7 +132,8 @@ class Probe:
     def timed_execute(self, con: duckdb.DuckDBPyConnection, sql: str, *args: Any) -> Any:
         started = time.perf_counter()
         con.execute(sql, *args)
-        key = self.names.get(sql) or ("migrate/other" if sql.lstrip()[:6] != "SELECT" else "read")
+        # Statements made from a template at call time are named by their first words.
+        key = self.names.get(sql) or " ".join(sql.split()[:3]).lower()
         self.statements[key] += time.perf_counter() - started
         return con
 
@@ -161,16 +163,17 @@ class Probe:
             probe.statements["connect"] += time.perf_counter() - started
             return TimedConnection(con)
 
-        real_commit = ingest_module.commit_batch
+        real_transact = Store.transact
 
-        def commit_batch(store: Store, batch: Any) -> Any:
+        def transact(store: Store, write: Any) -> Any:
             started = time.monotonic()
             commit_before = probe.statements["commit"]
-            result = real_commit(store, batch)
+            result, waited = real_transact(store, write)
             ended = time.monotonic()
-            probe.flushes.append((started, ended, batch.commits.num_rows, result.seconds))
+            rows = result.upserted + result.tombstoned + result.stale  # the batch's commits
+            probe.flushes.append((started, ended, rows, result.seconds))
             probe.commits.append(probe.statements["commit"] - commit_before)
-            return result
+            return result, waited
 
         class TimedBuilder(BatchBuilder):
             def build(self) -> Any:
@@ -188,12 +191,12 @@ class Probe:
         shim = SimpleNamespace(connect=connect, DuckDBPyConnection=duckdb.DuckDBPyConnection)
         saved = (
             store_module.duckdb,
-            ingest_module.commit_batch,
+            Store.transact,
             ingest_module.BatchBuilder,
             ingest_module.JetstreamReader,
         )
         store_module.duckdb = shim  # type: ignore[assignment]
-        ingest_module.commit_batch = commit_batch
+        Store.transact = transact  # type: ignore[method-assign]
         ingest_module.BatchBuilder = TimedBuilder  # type: ignore[misc]
         ingest_module.JetstreamReader = TimedReader  # type: ignore[misc]
         try:
@@ -201,7 +204,7 @@ class Probe:
         finally:
             (
                 store_module.duckdb,
-                ingest_module.commit_batch,
+                Store.transact,  # type: ignore[method-assign]
                 ingest_module.BatchBuilder,
                 ingest_module.JetstreamReader,
             ) = saved
@@ -684,7 +687,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=1, help="measure each run this many times")
     parser.add_argument("--idle", type=float, default=1.0, help="INGEST_IDLE_SECONDS")
     parser.add_argument(
-        "--flush-events", type=int, default=IngestLimits.flush_events, help="INGEST_FLUSH_EVENTS"
+        "--flush-events", type=int, default=IngestLimits().flush_events, help="INGEST_FLUSH_EVENTS"
     )
     parser.add_argument("--server", choices=("lean", "tests"), default="lean")
     parser.add_argument("--breakdown", action="store_true", help="measure each client stage")

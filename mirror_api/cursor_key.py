@@ -1,6 +1,6 @@
 """The secret that signs the API's page cursors, kept in a file beside the mirror's data.
 
-A cursor carries a keyed MAC (params.py), so only this API can make one: a client cannot
+A cursor carries a keyed MAC (paging.py), so only this API can make one: a client cannot
 mint cursors at will, each a distinct question whose answer the API would compute and keep.
 The key is made on first use, 32 random bytes in `<MIRROR_DB>.cursor-key`, readable by its
 owner only; every API process over the same file (API_WORKERS, a restart) reads the same

@@ -1,6 +1,6 @@
 """What the OpenAPI document says of the answers' fields that Litestar cannot describe alone.
 
-A record is served as the JSON text the mirror stored (`msgspec.Raw`, responses.py), which
+A record is served as the JSON text the mirror stored (`msgspec.Raw`, schemas.py), which
 Litestar sees as a value of any type. The contract's record is an object: this plugin says
 so, for every `msgspec.Raw` field (a record is the only one).
 """

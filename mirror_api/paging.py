@@ -1,5 +1,5 @@
-"""Query parameters of the contract (DESIGN section 8): `limit`, opaque `cursor`s, and the
-tracked-collection check, each failing with the original Worker's exact error."""
+"""The paging parameters of the contract (docs/api.md): `limit` and opaque, keyed
+`cursor`s, each refused with the original Worker's exact error."""
 
 from __future__ import annotations
 
@@ -12,10 +12,9 @@ import re
 from functools import cached_property
 from pathlib import Path
 
-from litestar.exceptions import HTTPException, NotFoundException
+from litestar.exceptions import HTTPException
 
 from mirror_api.cursor_key import cursor_key
-from mirror_assets.atproto.nsids import CollectionFilter
 from mirror_assets.atproto.syntax import MAX_HANDLE_LENGTH, MAX_NSID_LENGTH
 
 DEFAULT_LIMIT = 50
@@ -39,15 +38,6 @@ _LONGEST_PAYLOAD = (
 # Longer strings are refused before they are decoded or hashed. Cursors of real records
 # (did:plc DIDs, TID record keys) are about 150 characters.
 MAX_CURSOR_CHARACTERS = 4 * math.ceil((TAG_BYTES + _LONGEST_PAYLOAD) / 3)
-
-
-class CollectionNotTrackedError(NotFoundException):
-    """A 404 with the contract's own message, not "Not found"."""
-
-
-def require_tracked(collection: str, collections: CollectionFilter) -> None:
-    if not collections.matches(collection):
-        raise CollectionNotTrackedError(detail="Collection not tracked")
 
 
 def parse_limit(raw: str | None) -> int:

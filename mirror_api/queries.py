@@ -50,7 +50,7 @@ def records_page(
     else:
         rows = _scanned_page(con, params, limit, user_records)
     # `record` is DuckDB's JSON type, fetched as its text: served as stored, never decoded
-    # (responses.py says why). Its UTF-8 bytes, so a kept page costs what it weighs.
+    # (schemas.py says why). Its UTF-8 bytes, so a kept page costs what it weighs.
     return [
         Record(uri, did_, coll, rkey, cid, msgspec.Raw(record.encode()), time_us)
         for uri, did_, coll, rkey, cid, record, time_us in rows
@@ -65,8 +65,8 @@ def _scanned_page(
 ) -> list[tuple[Any, ...]]:
     """Two steps, because a top-N that carries every column decompresses each vector holding
     a winner: first the time of the `limit`-th newest record (one narrow column), then the
-    records at or after that time, which the scan filters before reading the wide columns.
-    Measured at 1,000,000 records: 10 to 35 ms in one step, 3 to 16 ms in two."""
+    records at or after that time, which the scan filters before reading the wide columns:
+    about three times faster (bench/README.md)."""
     conditions = ["collection = $collection"] + (["did = $did"] if "did" in params else [])
     floor = _page_floor(con, conditions, params, limit, user_records)
     conditions.append("time_us >= $floor")
@@ -92,7 +92,7 @@ def _page_floor(
     search looks first in a window of time just before the cursor, wide enough for about
     four pages at the average rate of the collection (from `collection_stats`) or of the
     user (`user_records`, from `user_counts`), and widens it eightfold until it holds a
-    page or reaches past the oldest record; in a table kept in time order (clustering.py)
+    page or reaches past the oldest record; in a table kept in time order (analytics/clustering.py)
     each look reads only the row groups of its window.
     """
     narrow = conditions + (["time_us < $time_us"] if "time_us" in params else [])
@@ -219,7 +219,7 @@ def stats(con: duckdb.DuckDBPyConnection, collection: str) -> Stats:
 
 
 def _summaries_built(con: duckdb.DuckDBPyConnection) -> bool:
-    """Whether Dagster has built the summaries (summaries.py); until then, count live."""
+    """Whether Dagster has built the summaries (analytics/summaries.py); until then, count live."""
     rows = con.execute(
         f"SELECT count(*) FROM {SCHEMA}.meta WHERE key = 'summaries_refreshed_at'"
     ).fetchall()

@@ -1,16 +1,16 @@
 """The API's read side: one warm in-memory DuckDB, the file attached read-only while serving.
 
-DESIGN section 5: a new DuckDB connection costs 25 to 60 ms, `ATTACH ... (READ_ONLY)` on a
-warm instance about 1 ms. Each request takes the shared side of the file lock (through the
-gate, so a waiting writer stops new requests and only waits for those already inside); the
-first request in attaches the file. After the last one out, the file stays attached for
-`LINGER_SECONDS`, unless a writer is waiting: attaching again, and reading the table's
-metadata and blocks again, costs more than most answers (about 6 ms a page at 10,000,000
-records). A waiting writer ends the linger within `WRITER_POLL_SECONDS`, so writers still
-never wait for an idle API. Queries run in worker threads, each on its own cursor of the
-one instance. Answers are kept until the file changes: the pages everyone asks for (first
-pages, /users, /stats) cost one query per write, not one per request. What is kept is
-bounded by its bytes (API_CACHE_BYTES), since anyone can ask for distinct pages.
+A new DuckDB connection costs tens of milliseconds, `ATTACH ... (READ_ONLY)` on a warm
+instance about one (docs/api.md). Each request takes the shared side of the file lock
+(through the gate, so a waiting writer stops new requests and only waits for those already
+inside); the first request in attaches the file. After the last one out, the file stays
+attached for `LINGER_SECONDS`, unless a writer is waiting: attaching again, and reading the
+table's metadata and blocks again, costs more than most answers (docs/api.md). A waiting
+writer ends the linger within `WRITER_POLL_SECONDS`, so writers still never wait for an idle
+API. Queries run in worker threads, each on its own cursor of the one instance. Answers are
+kept until the file changes: the pages everyone asks for (first pages, /users, /stats) cost
+one query per write, not one per request. What is kept is bounded by its bytes
+(API_CACHE_BYTES), since anyone can ask for distinct pages.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Every answer of the API as a msgspec struct: the original Worker's shapes (DESIGN
-section 8), with new fields only added, never removed."""
+"""Every answer of the API as a msgspec struct: the original Worker's shapes
+(docs/api.md), with new fields only added, never removed."""
 
 from __future__ import annotations
 

@@ -11,7 +11,9 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar, Self
 
+import pydantic
 from dotenv import load_dotenv
 
 from mirror_assets.atproto.nsids import CollectionFilter
@@ -101,9 +103,27 @@ def _cron(name: str, value: str) -> str:
     return value
 
 
-@dataclass(frozen=True)
-class IngestLimits:
-    """When one ingest cycle stops reading and how it resumes (DESIGN section 6)."""
+class _Limits(pydantic.BaseModel):
+    """Numbers, each read from its environment variable (`VARIABLES`) if set, else a default.
+
+    A pydantic model, so the Dagster resource can hold each group of limits as nested
+    config of the same fields (defs/resources.py)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")  # a misspelt limit is an error
+    VARIABLES: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def from_env(cls) -> Self:
+        defaults = cls()
+        values: dict[str, float] = {}
+        for name, variable in cls.VARIABLES.items():
+            number = _number(variable, getattr(defaults, name))
+            values[name] = int(number) if cls.model_fields[name].annotation is int else number
+        return cls(**values)
+
+
+class IngestLimits(_Limits):
+    """When one ingest cycle stops reading and how it resumes (docs/ingest.md)."""
 
     rewind_seconds: float = 5.0
     idle_seconds: float = 5.0
@@ -114,23 +134,20 @@ class IngestLimits:
     gap_seconds: float = 300.0
     clock_skew_seconds: float = 600.0  # a frame's time_us may run this far ahead of ours
 
-    @classmethod
-    def from_env(cls) -> IngestLimits:
-        return cls(
-            rewind_seconds=_number("INGEST_REWIND_SECONDS", cls.rewind_seconds),
-            idle_seconds=_number("INGEST_IDLE_SECONDS", cls.idle_seconds),
-            max_seconds=_number("INGEST_MAX_SECONDS", cls.max_seconds),
-            max_events=int(_number("INGEST_MAX_EVENTS", cls.max_events)),
-            flush_events=int(_number("INGEST_FLUSH_EVENTS", cls.flush_events)),
-            flush_bytes=int(_number("INGEST_FLUSH_BYTES", cls.flush_bytes)),
-            gap_seconds=_number("INGEST_GAP_SECONDS", cls.gap_seconds),
-            clock_skew_seconds=_number("INGEST_CLOCK_SKEW_SECONDS", cls.clock_skew_seconds),
-        )
+    VARIABLES: ClassVar[dict[str, str]] = {
+        "rewind_seconds": "INGEST_REWIND_SECONDS",
+        "idle_seconds": "INGEST_IDLE_SECONDS",
+        "max_seconds": "INGEST_MAX_SECONDS",
+        "max_events": "INGEST_MAX_EVENTS",
+        "flush_events": "INGEST_FLUSH_EVENTS",
+        "flush_bytes": "INGEST_FLUSH_BYTES",
+        "gap_seconds": "INGEST_GAP_SECONDS",
+        "clock_skew_seconds": "INGEST_CLOCK_SKEW_SECONDS",
+    }
 
 
-@dataclass(frozen=True)
-class BackfillLimits:
-    """How backfills press PDSes and how much one run takes on (DESIGN section 7)."""
+class BackfillLimits(_Limits):
+    """How backfills press PDSes and how much one run takes on (docs/backfill.md)."""
 
     per_host: int = 4  # requests in flight per PDS host
     http_timeout_seconds: float = 15.0
@@ -142,23 +159,20 @@ class BackfillLimits:
     retry_seconds: float = 600.0  # a failed backfill waits this, doubling per failure, <= 1 day
     identity_ttl_seconds: float = 86_400.0  # how long a DID's resolved PDS is trusted
 
-    @classmethod
-    def from_env(cls) -> BackfillLimits:
-        return cls(
-            per_host=int(_number("BACKFILL_PER_HOST", cls.per_host)),
-            http_timeout_seconds=_number("BACKFILL_HTTP_TIMEOUT_SECONDS", cls.http_timeout_seconds),
-            http_attempts=int(_number("BACKFILL_HTTP_ATTEMPTS", cls.http_attempts)),
-            http_backoff_seconds=_number("BACKFILL_HTTP_BACKOFF_SECONDS", cls.http_backoff_seconds),
-            dids_at_once=int(_number("BACKFILL_DIDS_AT_ONCE", cls.dids_at_once)),
-            dids_per_run=int(_number("BACKFILL_DIDS_PER_RUN", cls.dids_per_run)),
-            run_seconds=_number("BACKFILL_RUN_SECONDS", cls.run_seconds),
-            retry_seconds=_number("BACKFILL_RETRY_SECONDS", cls.retry_seconds),
-            identity_ttl_seconds=_number("IDENTITY_TTL_SECONDS", cls.identity_ttl_seconds),
-        )
+    VARIABLES: ClassVar[dict[str, str]] = {
+        "per_host": "BACKFILL_PER_HOST",
+        "http_timeout_seconds": "BACKFILL_HTTP_TIMEOUT_SECONDS",
+        "http_attempts": "BACKFILL_HTTP_ATTEMPTS",
+        "http_backoff_seconds": "BACKFILL_HTTP_BACKOFF_SECONDS",
+        "dids_at_once": "BACKFILL_DIDS_AT_ONCE",
+        "dids_per_run": "BACKFILL_DIDS_PER_RUN",
+        "run_seconds": "BACKFILL_RUN_SECONDS",
+        "retry_seconds": "BACKFILL_RETRY_SECONDS",
+        "identity_ttl_seconds": "IDENTITY_TTL_SECONDS",
+    }
 
 
-@dataclass(frozen=True)
-class CheckLimits:
+class CheckLimits(_Limits):
     """When the asset checks warn and when they fail (docs/operations.md)."""
 
     lag_warn_seconds: float = 300.0  # the cursor this far behind the clock warns
@@ -166,18 +180,12 @@ class CheckLimits:
     failed_backfills_warn: int = 10  # backfills in status `failed` that warn
     failed_backfills_fail: int = 1_000  # and that fail
 
-    @classmethod
-    def from_env(cls) -> CheckLimits:
-        return cls(
-            lag_warn_seconds=_number("CHECK_LAG_WARN_SECONDS", cls.lag_warn_seconds),
-            lag_fail_seconds=_number("CHECK_LAG_FAIL_SECONDS", cls.lag_fail_seconds),
-            failed_backfills_warn=int(
-                _number("CHECK_FAILED_BACKFILLS_WARN", cls.failed_backfills_warn)
-            ),
-            failed_backfills_fail=int(
-                _number("CHECK_FAILED_BACKFILLS_FAIL", cls.failed_backfills_fail)
-            ),
-        )
+    VARIABLES: ClassVar[dict[str, str]] = {
+        "lag_warn_seconds": "CHECK_LAG_WARN_SECONDS",
+        "lag_fail_seconds": "CHECK_LAG_FAIL_SECONDS",
+        "failed_backfills_warn": "CHECK_FAILED_BACKFILLS_WARN",
+        "failed_backfills_fail": "CHECK_FAILED_BACKFILLS_FAIL",
+    }
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from litestar.exceptions import HTTPException
 from litestar.params import FromPath
 
 from mirror_api.dependencies import Services
-from mirror_api.paging import require_tracked
+from mirror_api.errors import require_tracked
 from mirror_api.queries import backfill_state
 from mirror_api.schemas import BackfillState
 from mirror_assets.atproto.syntax import is_did
@@ -25,7 +25,7 @@ class BackfillController(Controller):
         services: NamedDependency[Services],
     ) -> BackfillState:
         require_tracked(collection, services.settings.collections)
-        if not is_did(did):  # did:plc or did:web, in their exact syntax (records.py)
+        if not is_did(did):  # did:plc or did:web, in their exact syntax (services/records.py)
             raise HTTPException(status_code=400, detail="Invalid did parameter")
         return await services.reader.ask(
             ("backfill", collection, did), lambda con: backfill_state(con, collection, did)

@@ -7,7 +7,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath
 
 from mirror_api.dependencies import Services
-from mirror_api.paging import require_tracked
+from mirror_api.errors import require_tracked
 from mirror_api.queries import stats
 from mirror_api.schemas import Stats
 

@@ -7,7 +7,8 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery
 
 from mirror_api.dependencies import Services
-from mirror_api.paging import parse_limit, require_tracked
+from mirror_api.errors import require_tracked
+from mirror_api.paging import parse_limit
 from mirror_api.queries import users_page
 from mirror_api.schemas import UsersPage
 

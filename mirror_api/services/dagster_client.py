@@ -1,7 +1,7 @@
 """How the API asks Dagster for a backfill: the webserver's GraphQL API, never the file.
 
-`?did=` on `/records` must start the DID's backfill when it is not complete (DESIGN
-section 8) while the API itself never writes the DuckDB file (section 2). So it does what
+`?did=` on `/records` must start the DID's backfill when it is not complete (docs/
+api.md) while the API itself never writes the DuckDB file (docs/architecture.md). So it does what
 an operator in the UI would: add the DID's `dids` partition and launch a `backfill` run of
 that partition, with the collection asked for. The run goes through the run queue like any
 other, under the same writer tag.
@@ -14,15 +14,21 @@ from typing import Any
 
 import httpx
 
+from mirror_assets.names import (
+    BACKFILL_JOB,
+    DID_BACKFILL,
+    DIDS,
+    LOCATION,
+    PARTITION_TAG,
+    REPOSITORY,
+    REQUESTED_BY_API,
+    REQUESTED_BY_TAG,
+    RESTART_COLLECTIONS,
+    WRITER_TAG,
+)
+
 log = logging.getLogger(__name__)
 
-LOCATION = "mirror"  # workspace.yaml's location_name
-REPOSITORY = "__repository__"  # the repository a `Definitions` object makes
-BACKFILL_JOB = "backfill"
-DIDS = "dids"
-WRITER_TAG = "mirror/writer"
-REQUESTED_BY_TAG = "mirror/requested_by"  # on every run the API launches, with "api"
-REQUESTED_BY_API = "api"
 # A run in one of these holds a place in the run queue, or waits for one.
 IN_FLIGHT_STATUSES = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED")
 
@@ -92,11 +98,11 @@ class DagsterClient:
             params = {
                 "selector": {**repository, "jobName": BACKFILL_JOB},
                 "runConfigData": {
-                    "ops": {"did_backfill": {"config": {"restart_collections": [collection]}}}
+                    "ops": {DID_BACKFILL: {"config": {RESTART_COLLECTIONS: [collection]}}}
                 },
                 "executionMetadata": {
                     "tags": [
-                        {"key": "dagster/partition", "value": did},
+                        {"key": PARTITION_TAG, "value": did},
                         {"key": WRITER_TAG, "value": BACKFILL_JOB},
                         {"key": REQUESTED_BY_TAG, "value": REQUESTED_BY_API},
                     ]

@@ -1,6 +1,6 @@
 """Daily activity per collection: creates, updates and deletes per UTC day.
 
-Every apply transaction appends what it changed to `activity_log` (apply.py), in the same
+Every apply transaction appends what it changed to `activity_log` (model/records.py), in the same
 transaction as the change, so a crash neither loses nor double-counts a day's numbers. The
 log gains a few rows per transaction; `roll_up_activity` folds it into one row per
 (source, collection, day) and rebuilds `daily_activity` from it, so the log stays as small

@@ -5,8 +5,8 @@ skips a row group that cannot hold an answer: a page of records newest first, af
 cursor, reads only the row groups whose times reach into it. Live records arrive in time
 order, so their row groups each cover minutes. A backfill's records span a user's whole
 history, and every row group they land in covers years: each page must read all of those.
-Measured at 10,000,000 records with a fifth of them backfilled (`bench/README.md`): a page
-after a cursor took 19 to 31 ms to find, 1 to 3 ms once the table was in order.
+Pages after a cursor are an order of magnitude faster once the table is back in order
+(docs/data-model.md has the measurements).
 
 Reclustering puts the rows back in order a slice at a time. A slice is one collection's
 rows within a time range, about `rows_per_slice` of them; a slice whose rows already lie in

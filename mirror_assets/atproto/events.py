@@ -75,6 +75,14 @@ class AccountEvent(msgspec.Struct, frozen=True, tag="account", tag_field="kind")
 Event = CommitEvent | IdentityEvent | AccountEvent
 
 
+class CursorGap(msgspec.Struct, frozen=True):
+    """The stream's first event came far later than the cursor asked for: events were lost."""
+
+    endpoint: str
+    cursor_us: int
+    first_event_us: int
+
+
 class _Envelope(msgspec.Struct):
     kind: str
     time_us: int  # any size: the window check says whether to believe it

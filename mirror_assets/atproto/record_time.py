@@ -1,7 +1,7 @@
 """When a backfilled record was made: from its TID rkey, else its `createdAt`, else now.
 
 A TID is 13 characters of a base32-sortable alphabet: one zero bit, 53 bits of
-microseconds since the Unix epoch, then 10 bits of clock id (DESIGN section 4, invariant 5).
+microseconds since the Unix epoch, then 10 bits of clock id (docs/architecture.md, invariant 5).
 Every backfilled record goes through here, so the common case (a TID rkey) stays in C:
 a regular expression checks it and `int(..., 32)` decodes it.
 """

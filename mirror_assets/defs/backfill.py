@@ -14,9 +14,9 @@ import dagster as dg
 from mirror_assets.defs.discovery import discovered_repos
 from mirror_assets.defs.ingest import records
 from mirror_assets.defs.resources import MirrorResource
+from mirror_assets.names import DID_BACKFILL, DIDS
 from mirror_assets.runs.backfill import BackfillReport, run_backfill
 
-DIDS = "dids"
 dids = dg.DynamicPartitionsDefinition(name=DIDS)
 ERRORS_SHOWN = 20
 
@@ -38,7 +38,7 @@ class BackfillConfig(dg.Config):
 
 
 @dg.asset(
-    name="did_backfill",
+    name=DID_BACKFILL,
     deps=[pds, records, discovered_repos],
     partitions_def=dids,
     # One run takes a range of DIDs: thousands of DIDs must not mean thousands of processes.

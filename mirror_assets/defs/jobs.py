@@ -11,15 +11,17 @@ from mirror_assets.defs.discovery import discovered_repos
 from mirror_assets.defs.exports import parquet_exports
 from mirror_assets.defs.identities import account_identities
 from mirror_assets.defs.ingest import records
+from mirror_assets.names import (
+    BACKFILL_JOB,
+    CHECKS_JOB,
+    DISCOVERY_JOB,
+    EXPORT_JOB,
+    IDENTITIES_JOB,
+    INGEST_JOB,
+    RECLUSTER_JOB,
+    WRITER_TAG,
+)
 
-WRITER_TAG = "mirror/writer"
-INGEST_JOB = "ingest"
-BACKFILL_JOB = "backfill"
-DISCOVERY_JOB = "discovery"
-IDENTITIES_JOB = "identities"
-CHECKS_JOB = "checks"
-EXPORT_JOB = "export"
-RECLUSTER_JOB = "recluster"
 IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,

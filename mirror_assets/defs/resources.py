@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields
 from pathlib import Path
-from typing import TypeVar
 
 import dagster as dg
 
 from mirror_assets.atproto.nsids import CollectionFilter
 from mirror_assets.config import BackfillLimits, CheckLimits, IngestLimits, Settings
 
-L = TypeVar("L", IngestLimits, BackfillLimits, CheckLimits)
+
+# Each group of limits as nested config: the same fields, shown and set in the launchpad.
+class IngestConfig(dg.Config, IngestLimits):
+    """INGEST_*: when one ingest cycle stops reading and how it resumes."""
+
+
+class BackfillLimitsConfig(dg.Config, BackfillLimits):
+    """BACKFILL_*, IDENTITY_TTL_SECONDS: how backfills press PDSes."""
+
+
+class ChecksConfig(dg.Config, CheckLimits):
+    """CHECK_*: when the asset checks warn and when they fail."""
 
 
 class MirrorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
@@ -26,7 +35,7 @@ class MirrorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
 
     db_path: str
     collections: str
-    jetstream_urls: str
+    jetstream_urls: str  # comma separated
     plc_url: str = Settings.plc_url
     relay_url: str = Settings.relay_url
     allow_private_network: bool = False
@@ -34,30 +43,9 @@ class MirrorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     handle_resolver_url: str = Settings.handle_resolver_url
     export_dir: str = str(Settings.export_dir)
     export_cron: str = Settings.export_cron
-    # IngestLimits
-    rewind_seconds: float = IngestLimits.rewind_seconds
-    idle_seconds: float = IngestLimits.idle_seconds
-    max_seconds: float = IngestLimits.max_seconds
-    max_events: int = IngestLimits.max_events
-    flush_events: int = IngestLimits.flush_events
-    flush_bytes: int = IngestLimits.flush_bytes
-    gap_seconds: float = IngestLimits.gap_seconds
-    clock_skew_seconds: float = IngestLimits.clock_skew_seconds
-    # BackfillLimits
-    per_host: int = BackfillLimits.per_host
-    http_timeout_seconds: float = BackfillLimits.http_timeout_seconds
-    http_attempts: int = BackfillLimits.http_attempts
-    http_backoff_seconds: float = BackfillLimits.http_backoff_seconds
-    dids_at_once: int = BackfillLimits.dids_at_once
-    dids_per_run: int = BackfillLimits.dids_per_run
-    run_seconds: float = BackfillLimits.run_seconds
-    retry_seconds: float = BackfillLimits.retry_seconds
-    identity_ttl_seconds: float = BackfillLimits.identity_ttl_seconds
-    # CheckLimits
-    lag_warn_seconds: float = CheckLimits.lag_warn_seconds
-    lag_fail_seconds: float = CheckLimits.lag_fail_seconds
-    failed_backfills_warn: int = CheckLimits.failed_backfills_warn
-    failed_backfills_fail: int = CheckLimits.failed_backfills_fail
+    ingest: IngestConfig = IngestConfig()
+    backfill: BackfillLimitsConfig = BackfillLimitsConfig()
+    checks: ChecksConfig = ChecksConfig()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MirrorResource:
@@ -72,9 +60,9 @@ class MirrorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             handle_resolver_url=settings.handle_resolver_url,
             export_dir=str(settings.export_dir),
             export_cron=settings.export_cron,
-            **asdict(settings.ingest),
-            **asdict(settings.backfill),
-            **asdict(settings.checks),
+            ingest=IngestConfig(**settings.ingest.model_dump()),
+            backfill=BackfillLimitsConfig(**settings.backfill.model_dump()),
+            checks=ChecksConfig(**settings.checks.model_dump()),
         )
 
     @classmethod
@@ -84,20 +72,20 @@ class MirrorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     def settings(self) -> Settings:
         return Settings(
             collections=CollectionFilter.parse(self.collections),
-            jetstream_urls=tuple(u.strip() for u in self.jetstream_urls.split(",") if u.strip()),
+            jetstream_urls=_split(self.jetstream_urls),
             db_path=Path(self.db_path),
             plc_url=self.plc_url,
             relay_url=self.relay_url,
             allow_private_network=self.allow_private_network,
-            dns_servers=tuple(s.strip() for s in self.dns_servers.split(",") if s.strip()),
+            dns_servers=_split(self.dns_servers),
             handle_resolver_url=self.handle_resolver_url,
             export_dir=Path(self.export_dir),
             export_cron=self.export_cron,
-            ingest=self._limits(IngestLimits),
-            backfill=self._limits(BackfillLimits),
-            checks=self._limits(CheckLimits),
+            ingest=self.ingest,
+            backfill=self.backfill,
+            checks=self.checks,
         )
 
-    def _limits(self, kind: type[L]) -> L:
-        """One of the limits dataclasses, from the fields of the same names."""
-        return kind(**{f.name: getattr(self, f.name) for f in fields(kind)})
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dagster as dg
 
 from mirror_assets.defs.jobs import (
-    INGEST_JOB,
     checks_job,
     discovery_job,
     export_job,
@@ -14,6 +13,7 @@ from mirror_assets.defs.jobs import (
     ingest_job,
     recluster_job,
 )
+from mirror_assets.names import INGEST_JOB
 
 
 @dg.schedule(

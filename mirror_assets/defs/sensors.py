@@ -13,25 +13,22 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from mirror_assets.atproto.syntax import is_did
-from mirror_assets.defs.backfill import DIDS, dids
+from mirror_assets.defs.backfill import dids
 from mirror_assets.defs.jobs import (
-    BACKFILL_JOB,
-    DISCOVERY_JOB,
-    IDENTITIES_JOB,
     backfill_job,
     discovery_job,
     identities_job,
     in_flight,
 )
 from mirror_assets.defs.resources import MirrorResource
+from mirror_assets.model.accounts import stale_identities
 from mirror_assets.model.backfills import due_dids
+from mirror_assets.names import BACKFILL_JOB, DIDS, DISCOVERY_JOB, IDENTITIES_JOB, PARTITION_TAG
 from mirror_assets.runs.discovery import never_completed
-from mirror_assets.runs.identities import stale_identities
 from mirror_assets.store.file import Store
 
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
-PARTITION = "dagster/partition"
 MAX_BACKFILL_RUNS = 2  # in flight at once; dagster.yaml's tag limit agrees
 MAX_KEYS_PER_REQUEST = 10_000  # Dagster adds dynamic partitions in batches of at most this
 
@@ -76,8 +73,8 @@ def busy_keys(run_tags: Iterable[Mapping[str, str]], keys: Sequence[str]) -> set
     position = {key: i for i, key in enumerate(keys)}
     busy: set[str] = set()
     for tags in run_tags:
-        if PARTITION in tags:
-            busy.add(str(tags[PARTITION]))
+        if PARTITION_TAG in tags:
+            busy.add(str(tags[PARTITION_TAG]))
         start = position.get(str(tags.get(RANGE_START)))
         end = position.get(str(tags.get(RANGE_END)))
         if start is not None and end is not None:

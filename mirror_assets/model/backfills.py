@@ -1,17 +1,20 @@
-"""The `backfills` table: which (did, collection) listings are due, and what runs made of them.
+"""The `backfills` table: every statement on it, and so the whole of its state machine.
 
-A row is `pending` (queued by a live commit, discovery, a request or a cursor gap),
-`in_progress` (a run claimed it; its page cursor and the repo rev of its pass are saved
-with every page), `complete`, `failed` (retried after a delay that doubles per failure), or
-ended by the repository itself: `not_found`, `takendown`, `suspended`, `deactivated`, or
-`tombstoned` (the DID was deleted from its directory). Ended backfills are not retried until
-something restarts them: a cursor gap, the account active again, `mirror backfill` or the
-API's `?did=`.
+A row is one (did, collection) listing. It is `pending` (queued by a live commit,
+discovery, a request or a cursor gap), `in_progress` (a run claimed it; its page cursor
+and the repo rev of its pass are saved with every page), `complete`, `failed` (retried
+after a delay that doubles per failure), or ended by the repository itself: `not_found`,
+`takendown`, `suspended`, `deactivated`, or `tombstoned` (the DID was deleted from its
+directory). Ended backfills are not retried until something starts a new pass: a cursor
+gap, the account active again, `mirror backfill`, `mirror reset-backfills` or the API's
+`?did=` (docs/backfill.md).
+
+Every function works on the caller's connection; those that write, inside its open write
+transaction.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,19 +22,63 @@ import duckdb
 import pyarrow as pa
 
 from mirror_assets.atproto.nsids import CollectionFilter
-from mirror_assets.model.apply import ApplyResult, apply_commits
+from mirror_assets.model.accounts import register
 
 ENDED = ("not_found", "takendown", "suspended", "deactivated", "tombstoned")
 DONE = ("complete", *ENDED)
+STATUSES = ("pending", "in_progress", "failed", *DONE)
+CLOSED = ("takendown", "suspended", "deactivated")  # ended by an account state that can change
 MAX_RETRY_SECONDS = 86_400.0
 
-# What a sensor should launch: queued or claimed (a claimed row whose run is gone resumes
-# from its saved page), and failures whose delay has passed.
-_DUE = """
-SELECT did FROM backfills
-WHERE status IN ('pending', 'in_progress')
-   OR (status = 'failed' AND coalesce(next_attempt_at, '-infinity'::TIMESTAMPTZ) <= now())
-GROUP BY did ORDER BY min(updated_at), did
+# Due: queued or claimed (a claimed row whose run is gone resumes from its saved page), or
+# failed with its delay passed.
+_IS_DUE = """(status IN ('pending', 'in_progress')
+    OR (status = 'failed' AND coalesce(next_attempt_at, '-infinity'::TIMESTAMPTZ) <= now()))"""
+
+# A new pass from the top: pending, no page cursor and no rev (the pass reads the repo's rev
+# before its first page), counters and retries from zero. A run still paging an old pass
+# loses its claim (its row is no longer `in_progress` at its rev), so it cannot save its
+# cursor over the new pass.
+_NEW_PASS = """status = 'pending', pds_cursor = NULL, repo_rev = NULL, pages = 0, records = 0,
+    attempts = 0, next_attempt_at = NULL, last_error = NULL, updated_at = now()"""
+
+# Backfills for (did, collection) pairs of a query, for DIDs the mirror holds and has not
+# deleted; pairs already known are left as they are.
+_QUEUE = """
+INSERT INTO backfills (did, collection, status, updated_at)
+SELECT DISTINCT w.did, w.collection, 'pending', now()
+FROM ({pairs}) w JOIN accounts a ON a.did = w.did AND a.status <> 'deleted'
+ON CONFLICT DO NOTHING
+RETURNING did
+"""
+
+# A pass writes only while its row is still claimed by it: a cursor gap or an operator may
+# have started a new pass meanwhile (a row's rev is NULL until its pass's first write).
+# `b` is the stored row, `p` the pass's report.
+STILL_CLAIMED = """
+    b.did = p.did AND b.collection = p.collection AND b.status = 'in_progress'
+    AND (p.repo_rev IS NULL OR b.repo_rev IS NULL OR b.repo_rev = p.repo_rev)
+"""
+
+_RECORD_PROGRESS = f"""
+UPDATE backfills SET
+    status = p.status,
+    pds_cursor = CASE WHEN p.status = 'complete' THEN NULL
+        WHEN p.pages > 0 THEN p.cursor ELSE b.pds_cursor END,
+    repo_rev = coalesce(p.repo_rev, b.repo_rev),
+    pages = b.pages + p.pages,
+    records = b.records + p.records,
+    attempts = CASE WHEN p.status = 'failed' THEN b.attempts + 1
+        WHEN p.status = 'complete' THEN 0 ELSE b.attempts END,
+    last_error = CASE WHEN p.error IS NOT NULL THEN p.error
+        WHEN p.status = 'complete' THEN NULL ELSE b.last_error END,
+    next_attempt_at = CASE WHEN p.status = 'failed'
+        THEN now() + to_seconds(least($retry * pow(2, b.attempts), {MAX_RETRY_SECONDS})) END,
+    completed_at = CASE WHEN p.status = 'complete' THEN now() ELSE b.completed_at END,
+    updated_at = now()
+FROM progress p, backfills b
+WHERE backfills.did = b.did AND backfills.collection = b.collection AND {STILL_CLAIMED}
+RETURNING backfills.did, backfills.collection, backfills.status
 """
 
 
@@ -45,28 +92,24 @@ class Task:
     repo_rev: str | None
 
 
-def due_dids(con: duckdb.DuckDBPyConnection) -> list[str]:
-    """DIDs with a backfill to start, resume or retry now, longest waiting first."""
-    return [row[0] for row in con.execute(_DUE).fetchall()]
+@dataclass(frozen=True)
+class Selection:
+    """Which backfills an operator restarts; an empty field selects all."""
+
+    statuses: Sequence[str] = ()
+    collection: str | None = None
+    did: str | None = None
+
+    def where(self) -> tuple[str, dict[str, object]]:
+        """A WHERE clause over `backfills` and its parameters."""
+        return (
+            "(len($statuses) = 0 OR list_contains($statuses, status))"
+            " AND coalesce(collection = $collection, true) AND coalesce(did = $did, true)",
+            {"statuses": list(self.statuses), "collection": self.collection, "did": self.did},
+        )
 
 
-def register_dids(con: duckdb.DuckDBPyConnection, dids: Sequence[str]) -> int:
-    """Give DIDs not seen live (discovered, or asked for) an account; return how many were new.
-
-    Their identity and account events count from now on, as for a DID first seen now.
-    """
-    con.register("new_dids", pa.table({"did": pa.array(dids, pa.string())}))
-    rows = con.execute(
-        """
-        INSERT INTO accounts (did, status, hidden, first_seen_us, first_seen_at, updated_at)
-        SELECT DISTINCT did, 'active', false, $now_us, now(), now() FROM new_dids
-        WHERE did NOT IN (SELECT did FROM accounts)
-        RETURNING did
-        """,
-        {"now_us": int(time.time() * 1_000_000)},
-    ).fetchall()
-    con.unregister("new_dids")
-    return len(rows)
+# --- queueing ------------------------------------------------------------------------------
 
 
 def queue(con: duckdb.DuckDBPyConnection, pairs: Sequence[tuple[str, str]]) -> int:
@@ -75,7 +118,7 @@ def queue(con: duckdb.DuckDBPyConnection, pairs: Sequence[tuple[str, str]]) -> i
     DIDs the mirror has not seen get an account; deleted accounts get nothing.
     """
     dids, collections = zip(*pairs, strict=True) if pairs else ((), ())
-    register_dids(con, list(dids))
+    register(con, list(dids))
     con.register(
         "wanted",
         pa.table(
@@ -85,17 +128,82 @@ def queue(con: duckdb.DuckDBPyConnection, pairs: Sequence[tuple[str, str]]) -> i
             }
         ),
     )
-    rows = con.execute(
-        """
-        INSERT INTO backfills (did, collection, status, updated_at)
-        SELECT DISTINCT w.did, w.collection, 'pending', now()
-        FROM wanted w JOIN accounts a ON a.did = w.did AND a.status <> 'deleted'
-        ON CONFLICT DO NOTHING
-        RETURNING did
-        """
-    ).fetchall()
+    rows = con.execute(_QUEUE.format(pairs="SELECT did, collection FROM wanted")).fetchall()
     con.unregister("wanted")
     return len(rows)
+
+
+def queue_live(con: duckdb.DuckDBPyConnection) -> None:
+    """Queue a backfill per (did, collection) with a live record among `batch_commits`."""
+    pairs = "SELECT did, collection FROM batch_commits WHERE NOT deleted"
+    con.execute(_QUEUE.format(pairs=pairs)).fetchall()
+
+
+# --- new passes ----------------------------------------------------------------------------
+
+
+def restart_all(con: duckdb.DuckDBPyConnection) -> None:
+    """Events were lost, so any DID may have changed unseen: every backfill starts a new
+    pass, whose completion also removes what its listing no longer has. A DID gone for good
+    stays so."""
+    con.execute(f"UPDATE backfills SET {_NEW_PASS} WHERE status <> 'tombstoned'").fetchall()
+
+
+def reopen_changed(con: duckdb.DuckDBPyConnection) -> None:
+    """A repository that was closed when its backfill ran has history to fetch once it is
+    open: a new pass for every DID of `account_changes` active again."""
+    con.execute(
+        f"""
+        UPDATE backfills SET {_NEW_PASS}
+        WHERE did IN (SELECT did FROM account_changes
+                      WHERE status = 'active' AND old_status <> 'active')
+          AND list_contains($closed, status)
+        """,
+        {"closed": list(CLOSED)},
+    ).fetchall()
+
+
+def drop_changed(con: duckdb.DuckDBPyConnection) -> None:
+    """Forget the backfills of the DIDs of `account_changes` deleted for good."""
+    con.execute(
+        "DELETE FROM backfills WHERE did IN "
+        "(SELECT did FROM account_changes WHERE status = 'deleted')"
+    ).fetchall()
+
+
+def restart(con: duckdb.DuckDBPyConnection, selection: Selection) -> dict[str, int]:
+    """Make the selected backfills new passes from the top; how many per previous status."""
+    where, params = selection.where()
+    rows = con.execute(
+        f"SELECT status, count(*) FROM backfills WHERE {where} GROUP BY status ORDER BY status",
+        params,
+    ).fetchall()
+    con.execute(f"UPDATE backfills SET {_NEW_PASS} WHERE {where}", params).fetchall()
+    return {status: int(count) for status, count in rows}
+
+
+def _restart_asked(con: duckdb.DuckDBPyConnection, pairs: Sequence[tuple[str, str]]) -> None:
+    """A new pass for each pair asked for now that is not queued or in progress."""
+    con.register("restarted", pa.table(list(zip(*pairs, strict=True)), ["did", "collection"]))
+    con.execute(
+        f"""
+        UPDATE backfills SET {_NEW_PASS}
+        FROM restarted r WHERE backfills.did = r.did AND backfills.collection = r.collection
+          AND backfills.status NOT IN ('pending', 'in_progress')
+        """
+    ).fetchall()
+    con.unregister("restarted")
+
+
+# --- runs ----------------------------------------------------------------------------------
+
+
+def due_dids(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """DIDs with a backfill to start, resume or retry now, longest waiting first."""
+    rows = con.execute(
+        f"SELECT did FROM backfills WHERE {_IS_DUE} GROUP BY did ORDER BY min(updated_at), did"
+    ).fetchall()
+    return [row[0] for row in rows]
 
 
 def claim(
@@ -113,19 +221,16 @@ def claim(
     """
     if restart:
         queue(con, restart)
-        _restart(con, restart)
+        _restart_asked(con, restart)
     con.register("claimed_dids", pa.table({"did": pa.array(dids, pa.string())}))
     _forget_untracked(con, collections)
     rows = con.execute(
-        """
+        f"""
         UPDATE backfills SET status = 'in_progress', updated_at = now(),
             pages = CASE WHEN pds_cursor IS NULL THEN 0 ELSE pages END,
             records = CASE WHEN pds_cursor IS NULL THEN 0 ELSE records END,
             repo_rev = CASE WHEN pds_cursor IS NULL THEN NULL ELSE repo_rev END
-        WHERE did IN (SELECT did FROM claimed_dids)
-          AND (status IN ('pending', 'in_progress')
-               OR (status = 'failed'
-                   AND coalesce(next_attempt_at, '-infinity'::TIMESTAMPTZ) <= now()))
+        WHERE did IN (SELECT did FROM claimed_dids) AND {_IS_DUE}
         RETURNING did, collection, pds_cursor, repo_rev
         """
     ).fetchall()
@@ -147,206 +252,26 @@ def _forget_untracked(con: duckdb.DuckDBPyConnection, collections: CollectionFil
         ).fetchall()
 
 
-def _restart(con: duckdb.DuckDBPyConnection, pairs: Sequence[tuple[str, str]]) -> None:
-    con.register("restarted", pa.table(list(zip(*pairs, strict=True)), ["did", "collection"]))
-    con.execute(
-        """
-        UPDATE backfills SET status = 'pending', pds_cursor = NULL, repo_rev = NULL,
-            next_attempt_at = NULL, updated_at = now()
-        FROM restarted r WHERE backfills.did = r.did AND backfills.collection = r.collection
-          AND backfills.status NOT IN ('pending', 'in_progress')
-        """
-    ).fetchall()
-    con.unregister("restarted")
+def record_progress(con: duckdb.DuckDBPyConnection, retry_seconds: float) -> list[tuple[str, str]]:
+    """Fold the registered `progress` table (a row per listing a group of reports touched)
+    into the rows its passes still hold; the (did, collection) pairs now complete."""
+    updated = con.execute(_RECORD_PROGRESS, {"retry": retry_seconds}).fetchall()
+    return [(did, collection) for did, collection, status in updated if status == "complete"]
 
 
-def cached_pdses(
-    con: duckdb.DuckDBPyConnection, dids: Sequence[str], ttl_seconds: float
-) -> dict[str, str]:
-    """The PDS of each DID resolved less than `ttl_seconds` ago."""
+def done_dids(con: duckdb.DuckDBPyConnection, dids: Sequence[str]) -> list[str]:
+    """Those of the DIDs whose every backfill is done (complete or ended)."""
     con.register("asked", pa.table({"did": pa.array(dids, pa.string())}))
     rows = con.execute(
-        """
-        SELECT did, pds FROM accounts
-        WHERE did IN (SELECT did FROM asked) AND pds IS NOT NULL
-          AND pds_resolved_at > now() - to_seconds($ttl)
-        """,
-        {"ttl": ttl_seconds},
+        "SELECT did FROM backfills WHERE did IN (SELECT did FROM asked) "
+        "GROUP BY did HAVING bool_and(list_contains(?, status)) ORDER BY did",
+        [list(DONE)],
     ).fetchall()
     con.unregister("asked")
-    return dict(rows)
+    return [row[0] for row in rows]
 
 
-# --- what runs report back, written in one transaction per group --------------------------
-
-
-@dataclass(frozen=True)
-class Resolved:
-    """A DID's document was read: its PDS, and its handle if that resolves back to the DID
-    (None otherwise: a handle the DID document claims is not believed on its own)."""
-
-    did: str
-    pds: str
-    handle: str | None
-
-
-@dataclass(frozen=True)
-class PageRead:
-    """One page of a pass: its records (in `COMMIT_SCHEMA`, at the pass's rev) and the
-    cursor the next page starts from."""
-
-    did: str
-    collection: str
-    repo_rev: str
-    rows: pa.Table
-    cursor: str | None
-
-
-@dataclass(frozen=True)
-class ListingDone:
-    """The pass reached an empty page: the listing is complete at `repo_rev`."""
-
-    did: str
-    collection: str
-    repo_rev: str
-
-
-@dataclass(frozen=True)
-class Ended:
-    """The backfill stopped: `failed` (retried later) or one of ENDED (not retried)."""
-
-    did: str
-    collection: str
-    status: str
-    error: str
-
-
-Progress = Resolved | PageRead | ListingDone | Ended
-
-
-@dataclass
-class ProgressResult:
-    applied: ApplyResult
-    removed: int  # rows the completed listings no longer had (resync)
-    completed: list[tuple[str, str]]
-
-
-_PROGRESS_SCHEMA = pa.schema(
-    [
-        ("did", pa.string()),
-        ("collection", pa.string()),
-        ("status", pa.string()),
-        ("repo_rev", pa.string()),
-        ("cursor", pa.string()),
-        ("pages", pa.int32()),
-        ("records", pa.int32()),
-        ("error", pa.string()),
-    ]
-)
-
-# A pass writes only while its row is still claimed by it: a cursor gap or an operator may
-# have restarted the backfill meanwhile (a row's rev is NULL until its pass's first write).
-_STILL_OURS = """
-    b.did = p.did AND b.collection = p.collection AND b.status = 'in_progress'
-    AND (p.repo_rev IS NULL OR b.repo_rev IS NULL OR b.repo_rev = p.repo_rev)
-"""
-
-# A complete listing at rev R is the repo's truth for everything older than R: a live row
-# the listing did not have and whose version is older was deleted while the mirror was
-# not looking. It becomes a tombstone at R, so a replay of its old create cannot return.
-_REMOVE_UNLISTED = f"""
-UPDATE record_versions SET deleted = true, cid = NULL, record = NULL, rev = d.repo_rev,
-    indexed_at = now()
-FROM (SELECT p.did, p.collection, p.repo_rev FROM progress p, backfills b
-      WHERE p.status = 'complete' AND {_STILL_OURS}) d
-WHERE record_versions.did = d.did AND record_versions.collection = d.collection
-  AND NOT record_versions.deleted AND record_versions.rev < d.repo_rev
-"""
-
-_UPDATE_BACKFILLS = f"""
-UPDATE backfills SET
-    status = p.status,
-    pds_cursor = CASE WHEN p.status = 'complete' THEN NULL
-        WHEN p.pages > 0 THEN p.cursor ELSE b.pds_cursor END,
-    repo_rev = coalesce(p.repo_rev, b.repo_rev),
-    pages = b.pages + p.pages,
-    records = b.records + p.records,
-    attempts = CASE WHEN p.status = 'failed' THEN b.attempts + 1
-        WHEN p.status = 'complete' THEN 0 ELSE b.attempts END,
-    last_error = CASE WHEN p.error IS NOT NULL THEN p.error
-        WHEN p.status = 'complete' THEN NULL ELSE b.last_error END,
-    next_attempt_at = CASE WHEN p.status = 'failed'
-        THEN now() + to_seconds(least($retry * pow(2, b.attempts), {MAX_RETRY_SECONDS})) END,
-    completed_at = CASE WHEN p.status = 'complete' THEN now() ELSE b.completed_at END,
-    updated_at = now()
-FROM progress p, backfills b
-WHERE backfills.did = b.did AND backfills.collection = b.collection AND {_STILL_OURS}
-RETURNING backfills.did, backfills.collection, backfills.status
-"""
-
-_RESOLVED = pa.schema([("did", pa.string()), ("pds", pa.string()), ("handle", pa.string())])
-_UPDATE_IDENTITIES = """
-UPDATE accounts SET pds = r.pds, pds_resolved_at = now(), handle = r.handle,
-    identity_stale = false, updated_at = now()
-FROM resolved r WHERE accounts.did = r.did
-"""
-
-
-def record_identities(con: duckdb.DuckDBPyConnection, resolved: Sequence[Resolved]) -> None:
-    """Keep what DID documents said, in the caller's transaction: each DID's PDS, and its
-    handle if verified (else none); the DID's identity check is done."""
-    if not resolved:
-        return
-    con.register(
-        "resolved", pa.Table.from_pylist([vars(item) for item in resolved], schema=_RESOLVED)
-    )
-    con.execute(_UPDATE_IDENTITIES).fetchall()
-    con.unregister("resolved")
-
-
-def write_progress(
-    con: duckdb.DuckDBPyConnection, items: Sequence[Progress], retry_seconds: float
-) -> ProgressResult:
-    """Write a group of progress reports in the caller's transaction, set-based."""
-    record_identities(con, [item for item in items if isinstance(item, Resolved)])
-    pages = [item.rows for item in items if isinstance(item, PageRead)]
-    applied = apply_commits(con, pa.concat_tables(pages)) if pages else ApplyResult()
-    con.register("progress", _progress_table(items))
-    removed = con.execute(_REMOVE_UNLISTED).fetchall()
-    updated = con.execute(_UPDATE_BACKFILLS, {"retry": retry_seconds}).fetchall()
-    con.unregister("progress")
-    completed = [(did, collection) for did, collection, status in updated if status == "complete"]
-    return ProgressResult(applied, removed[0][0] if removed else 0, completed)
-
-
-@dataclass
-class _ListingProgress:
-    """What a group's items did to one (did, collection): a row of the `progress` table."""
-
-    did: str
-    collection: str
-    status: str = "in_progress"
-    repo_rev: str | None = None
-    cursor: str | None = None
-    pages: int = 0
-    records: int = 0
-    error: str | None = None
-
-
-def _progress_table(items: Sequence[Progress]) -> pa.Table:
-    """One row per (did, collection): the state its items lead to, in order."""
-    rows: dict[tuple[str, str], _ListingProgress] = {}
-    for item in items:
-        if isinstance(item, Resolved):
-            continue
-        key = (item.did, item.collection)
-        row = rows.setdefault(key, _ListingProgress(*key))
-        if isinstance(item, PageRead):
-            row.status, row.repo_rev, row.cursor = "in_progress", item.repo_rev, item.cursor
-            row.pages += 1
-            row.records += item.rows.num_rows
-        elif isinstance(item, ListingDone):
-            row.status, row.repo_rev = "complete", item.repo_rev
-        else:
-            row.status, row.error = item.status, item.error
-    return pa.Table.from_pylist([vars(row) for row in rows.values()], schema=_PROGRESS_SCHEMA)
+def collections_of(con: duckdb.DuckDBPyConnection, did: str) -> list[str]:
+    """The collections the DID has a backfill of."""
+    rows = con.execute("SELECT collection FROM backfills WHERE did = ?", [did]).fetchall()
+    return [row[0] for row in rows]

@@ -11,7 +11,13 @@ from typing import Any
 
 import pyarrow as pa
 
-from mirror_assets.atproto.events import AccountEvent, CommitEvent, Event, IdentityEvent
+from mirror_assets.atproto.events import (
+    AccountEvent,
+    CommitEvent,
+    CursorGap,
+    Event,
+    IdentityEvent,
+)
 
 COMMIT_SCHEMA = pa.schema(
     [
@@ -54,15 +60,6 @@ def _columns(schema: pa.Schema) -> dict[str, list[Any]]:
     return {name: [] for name in schema.names}
 
 
-@dataclass(frozen=True)
-class CursorGap:
-    """The stream's first event came far later than the cursor asked for: events were lost."""
-
-    endpoint: str
-    cursor_us: int
-    first_event_us: int
-
-
 @dataclass
 class EventBatch:
     """One transaction's worth of events, plus the cursor position they bring the mirror to."""
@@ -100,7 +97,8 @@ class BatchBuilder:
         return self._record_bytes
 
     def advance(self, time_us: int, endpoint: str) -> None:
-        """Move the cursor past an event, applied or not (DESIGN section 10: quiet streams)."""
+        """Move the cursor past an event, applied or not (docs/ingest.md: a quiet collection
+        must not re-read the rewind window forever)."""
         if self._cursor_us is None or time_us > self._cursor_us:
             self._cursor_us = time_us
         self._endpoint = endpoint
@@ -133,7 +131,7 @@ class BatchBuilder:
         columns["deleted"].append(deleted)
         columns["rev"].append(op.rev)
         columns["cid"].append(None if deleted else op.cid)
-        # Checked at the door (events.py): JSON in the data model, encoded afresh as UTF-8.
+        # Checked at the door (atproto/events.py): JSON in the data model, encoded afresh as UTF-8.
         record = None if deleted else bytes(op.record).decode()
         columns["record"].append(record)
         self._record_bytes += 0 if record is None else len(record)

@@ -1,6 +1,6 @@
 """A Jetstream reader for one ingest cycle: resume, fail over, decode, and know when to stop.
 
-There is no "caught up" message in Jetstream (DESIGN section 6). A cycle stops at the first
+There is no "caught up" message in Jetstream (docs/ingest.md). A cycle stops at the first
 of: an event at or after the cycle's own start time, a stream idle for `idle_seconds`,
 `max_seconds` of reading, or `max_events` events. On a dropped connection it reconnects to
 the next configured endpoint, resuming from the last event it saw minus the rewind;
@@ -22,11 +22,10 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from mirror_assets.atproto.events import BadFrame, CommitEvent, Event, decode_frame
+from mirror_assets.atproto.events import BadFrame, CommitEvent, CursorGap, Event, decode_frame
 from mirror_assets.atproto.nsids import CollectionFilter
 from mirror_assets.atproto.refusals import Reason, Refusals
 from mirror_assets.config import IngestLimits
-from mirror_assets.model.batch import CursorGap
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +33,7 @@ log = logging.getLogger(__name__)
 # connection would meet it again: so it is larger than anything a relay that keeps the
 # protocol's limits can make Jetstream send. A commit carries at most 2,000,000 bytes of
 # records, and JSON spells a control character in six bytes: 12 MB, plus the envelope.
-# Refusing a record for its size (data_model.py) happens after it is read.
+# Refusing a record for its size (atproto/data_model.py) happens after it is read.
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 _RECONNECT_DELAY = 0.2
 _CHUNK_FRAMES = 256  # frames taken off the socket under one timer

@@ -58,8 +58,8 @@ class RefusedAnswerError(Exception):
 class RecordEntry:
     rkey: str
     cid: str
-    value: bytes  # the record as checked JSON (data_model.py)
-    time_us: int  # when it was made (record_time.py)
+    value: bytes  # the record as checked JSON (atproto/data_model.py)
+    time_us: int  # when it was made (atproto/record_time.py)
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """A polite HTTP client for the AT Protocol's XRPC endpoints and DID documents.
 
-Polite (DESIGN section 7): a limit of requests in flight per host, 429 answers honoured
+Polite (docs/backfill.md): a limit of requests in flight per host, 429 answers honoured
 (`ratelimit-reset` or `retry-after`, for every request to that host), exponential backoff
 with full jitter on 5xx, 408, timeouts, connection errors and unreadable bodies, and a bounded
 number of attempts. Defensive: bodies are bounded in size, compressed ones too (the mirror asks

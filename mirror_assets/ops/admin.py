@@ -1,26 +1,21 @@
-"""The operator's write operations on the store (`mirror purge`, `reset-cursor`, `reset-backfills`).
+"""What the operator's commands check and write beyond the model's rules: `mirror purge`
+and the times `mirror reset-cursor` takes.
 
-Each function runs in the caller's write transaction (`Store.writing()`), so an operation
-either happens whole or not at all, and reports what it changed.
+A function that writes runs in the caller's write transaction (`Store.writing()`), so an
+operation either happens whole or not at all, and reports what it changed.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import duckdb
 
+from mirror_assets.atproto.cursor_time import cursor_iso
+from mirror_assets.atproto.events import NETWORK_EPOCH_US
 from mirror_assets.atproto.syntax import is_nsid
-from mirror_assets.model.apply import RESTART_PASS
-from mirror_assets.model.backfills import DONE
 
-BACKFILL_STATUSES = ("pending", "in_progress", "failed", *DONE)
-# The network carried no events before 2023: an earlier time is almost certainly seconds or
-# milliseconds typed where microseconds were meant.
-EARLIEST_CURSOR_US = 1_672_531_200_000_000  # 2023-01-01T00:00:00Z
 JETSTREAM_KEEPS_SECONDS = 86_400.0  # about a day of events (docs/ingest.md, cursor gaps)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -77,61 +72,32 @@ def parse_cursor_time(text: str, now: float | None = None) -> int:
             moment = moment.replace(tzinfo=UTC)
         time_us = (moment - _EPOCH) // timedelta(microseconds=1)
     now_us = int((time.time() if now is None else now) * 1_000_000)
-    if time_us < EARLIEST_CURSOR_US:
+    if time_us < NETWORK_EPOCH_US:  # seconds or milliseconds typed for microseconds
         raise ValueError(f"{text} is before 2023: a time_us counts microseconds since the epoch")
     if time_us > now_us:
         raise ValueError(f"{text} is in the future: the stream has no events there yet")
     return time_us
 
 
-def set_cursor(con: duckdb.DuckDBPyConnection, time_us: int | None) -> int | None:
-    """Set the Jetstream cursor (None: no cursor, so the next run starts live); the old one.
-
-    The endpoint is cleared: it names the Jetstream whose clock a cursor was read on, and
-    this one was typed in.
-    """
-    old = con.execute("SELECT cursor_us FROM ingest_state").fetchall()
-    con.execute("DELETE FROM ingest_state")
-    if time_us is not None:
-        con.execute("INSERT INTO ingest_state VALUES (1, ?, NULL, now())", [time_us])
-    return int(old[0][0]) if old else None
+def cursor_text(time_us: int | None) -> str:
+    return "none" if time_us is None else f"{time_us} ({cursor_iso(time_us)})"
 
 
-# --- backfills -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BackfillSelection:
-    """Which backfills to reset; an empty field selects all."""
-
-    statuses: Sequence[str] = ()
-    collection: str | None = None
-    did: str | None = None
-
-    def where(self) -> tuple[str, dict[str, object]]:
-        """A WHERE clause over `backfills` and its parameters."""
-        return (
-            "(len($statuses) = 0 OR list_contains($statuses, status))"
-            " AND coalesce(collection = $collection, true) AND coalesce(did = $did, true)",
-            {"statuses": list(self.statuses), "collection": self.collection, "did": self.did},
+def cursor_notes(old: int | None, new: int | None, now: float) -> list[str]:
+    if new is None:
+        skipped = "" if old is None else f"; events after {cursor_iso(old)} are not read"
+        return [f"the next ingest starts at the live edge of the stream{skipped}"]
+    notes = [f"the next ingest reads the stream from {cursor_iso(new)}"]
+    if old is not None and new > old:
+        notes.append(
+            f"warning: the cursor moved forward; events after {cursor_iso(old)} "
+            "and before it are not read"
         )
-
-
-def reset_backfills(con: duckdb.DuckDBPyConnection, selection: BackfillSelection) -> dict[str, int]:
-    """Make the selected backfills pending passes from the top; how many per previous status.
-
-    The repo rev is cleared with the page cursor, as a cursor gap does: the rev belongs to
-    the pass whose pages it stamps, and the new pass reads the repo's current rev before
-    its first page. A run still paging an old pass loses its claim (its rows are no longer
-    `in_progress`), so it cannot save its cursor over the new pass (docs/backfill.md).
-    """
-    where, params = selection.where()
-    rows = con.execute(
-        f"SELECT status, count(*) FROM backfills WHERE {where} GROUP BY status ORDER BY status",
-        params,
-    ).fetchall()
-    con.execute(
-        f"UPDATE backfills SET {RESTART_PASS} WHERE {where}",
-        params,
-    ).fetchall()
-    return {status: int(count) for status, count in rows}
+    age = now - new / 1e6
+    keeps = "warning: " if age > JETSTREAM_KEEPS_SECONDS else ""
+    notes.append(
+        f"{keeps}that is {age / 3600:.1f} h ago. Jetstream keeps about a day of events: from "
+        "an older cursor it starts later, which the ingest records as a cursor gap (and every "
+        "backfill starts again)"
+    )
+    return notes

@@ -4,95 +4,26 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import shutil
-import signal
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-from mirror_assets.atproto.cursor_time import cursor_iso
 from mirror_assets.config import ConfigError, Settings
+from mirror_assets.model import backfills, cursor
+from mirror_assets.names import BACKFILL_JOB, DID_BACKFILL, INGEST_JOB, RESTART_COLLECTIONS
 from mirror_assets.ops import admin
+from mirror_assets.ops.errors import CommandError
+from mirror_assets.ops.instance import dagster_home_path
 from mirror_assets.ops.sql_console import FORMATS, QueryLimits, format_result, run_query
-from mirror_assets.ops.status import MirrorStatus, read_status
+from mirror_assets.ops.status import format_status, read_status
+from mirror_assets.ops.supervisor import run_services
 from mirror_assets.store.file import Store
 from mirror_assets.store.lock import LockTimeoutError
 
 
-class CommandError(RuntimeError):
-    """A command cannot go on; the message tells the operator what to do."""
-
-
-def dagster_home_path() -> Path:
-    """DAGSTER_HOME, or `.dagster/` in the working directory (which may not exist yet)."""
-    return Path(os.environ.get("DAGSTER_HOME") or Path.cwd() / ".dagster").absolute()
-
-
-def dagster_home() -> Path:
-    """The Dagster home, created if missing, holding a copy of dagster.yaml."""
-    home = dagster_home_path()
-    home.mkdir(parents=True, exist_ok=True)
-    config = Path.cwd() / "dagster.yaml"
-    if config.is_file():
-        shutil.copyfile(config, home / "dagster.yaml")
-    elif not (home / "dagster.yaml").is_file():
-        raise CommandError("no dagster.yaml here: run `mirror` from the project's root folder")
-    os.environ["DAGSTER_HOME"] = str(home)
-    return home
-
-
 def cmd_run(settings: Settings, _: argparse.Namespace) -> int:
-    """Dagster (webserver and daemon) and the API together, until Ctrl-C or one of them exits."""
-    if not Path("workspace.yaml").is_file():
-        raise CommandError("no workspace.yaml here: run `mirror run` from the project's root")
-    home = dagster_home()
-    Store(settings.db_path).init()
-    # Dagster runs in DAGSTER_HOME (it warns about a dagster.yaml in any other working
-    # folder), so every path it inherits must be absolute.
-    env = {**os.environ, "DAGSTER_HOME": str(home), "MIRROR_DB": str(settings.db_path.absolute())}
-    workspace = str(Path("workspace.yaml").absolute())
-    port = str(settings.dagster_port)
-    dagster = subprocess.Popen(
-        [_bin("dagster"), "dev", "-w", workspace, "-h", "127.0.0.1", "-p", port], env=env, cwd=home
-    )
-    api = subprocess.Popen([sys.executable, "-m", "mirror_assets.ops.cli", "api"], env=env)
-    print(
-        f"Dagster UI: http://127.0.0.1:{settings.dagster_port}  "
-        f"API: http://{settings.api_host}:{settings.api_port}  (DAGSTER_HOME={home}); "
-        "Ctrl-C stops both",
-        flush=True,
-    )
-    children = [dagster, api]
-    # A service manager stops with SIGTERM: treat it as Ctrl-C, so the children stop too.
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        os.wait()  # returns when either child exits
-    except KeyboardInterrupt:
-        pass
-    finally:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGINT)
-        for child in children:
-            try:
-                child.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                child.kill()
-    return max((child.returncode or 0) for child in children)
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-def _bin(name: str) -> str:
-    """A console script installed beside this Python (the venv's), else from PATH."""
-    beside = Path(sys.executable).parent / name
-    return str(beside) if beside.exists() else name
+    return run_services(settings)
 
 
 def cmd_api(settings: Settings, _: argparse.Namespace) -> int:
@@ -110,7 +41,9 @@ def cmd_api(settings: Settings, _: argparse.Namespace) -> int:
 
 def cmd_ingest(settings: Settings, _: argparse.Namespace) -> int:
     """One ingest cycle as a Dagster run of the `ingest` job, recorded in the instance."""
-    return _execute_job(settings, "ingest", "records")
+    from mirror_assets.ops import job_runs
+
+    return job_runs.execute_job(settings, INGEST_JOB, "records")
 
 
 def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
@@ -128,68 +61,17 @@ def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
             f"COLLECTIONS={settings.collections} names no exact collection and {did} has no "
             "backfill yet: name one with --collection"
         )
-    config = {"restart_collections": collections}
-    return _execute_job(settings, "backfill", "did_backfill", partition=did, config=config)
+    from mirror_assets.ops import job_runs
+
+    config = {RESTART_COLLECTIONS: collections}
+    return job_runs.execute_job(settings, BACKFILL_JOB, DID_BACKFILL, partition=did, config=config)
 
 
 def _collections_of(settings: Settings, did: str) -> list[str]:
     """The tracked exact collections, and those the DID already has a backfill of."""
     with Store(settings.db_path).reading() as con:
-        rows = con.execute("SELECT collection FROM backfills WHERE did = ?", [did]).fetchall()
-    known = {row[0] for row in rows if settings.collections.matches(row[0])}
+        known = {c for c in backfills.collections_of(con, did) if settings.collections.matches(c)}
     return sorted(settings.collections.exact | known)
-
-
-def _execute_job(
-    settings: Settings,
-    job_name: str,
-    asset: str,
-    partition: str | None = None,
-    config: Mapping[str, object] | None = None,
-) -> int:
-    """Run a job in this process, recorded in the instance; print its metadata or error."""
-    dagster_home()
-    import dagster as dg
-
-    from mirror_assets.defs.backfill import DIDS
-    from mirror_assets.defs.definitions import build_definitions
-    from mirror_assets.defs.jobs import WRITER_TAG
-    from mirror_assets.defs.resources import MirrorResource
-
-    defs = build_definitions(MirrorResource.from_settings(settings))
-    job = defs.resolve_job_def(job_name)
-    run_config: dict[str, object] = {
-        # The run's own event log keeps every detail; the terminal gets the summary.
-        "loggers": {"console": {"config": {"log_level": "WARNING"}}},
-    }
-    if config is not None:
-        run_config["ops"] = {asset: {"config": config}}
-    with dg.DagsterInstance.get() as instance:
-        if partition is not None and not instance.has_dynamic_partition(DIDS, partition):
-            instance.add_dynamic_partitions(DIDS, [partition])
-        result = job.execute_in_process(
-            instance=instance,
-            tags={WRITER_TAG: job_name},
-            run_config=run_config,
-            partition_key=partition,
-            raise_on_error=False,
-        )
-    print(f"run {result.run_id}: {'success' if result.success else 'failure'}")
-    events: list[dg.AssetObservation | dg.AssetMaterialization] = [
-        *result.asset_observations_for_node(asset),
-        *result.asset_materializations_for_node(asset),
-    ]
-    for event in events:
-        if event.metadata:
-            for key, value in event.metadata.items():
-                print(f"  {key}: {getattr(value, 'value', value)}")
-        elif event.partition:
-            print(f"  done: {event.partition}")
-    failure = None if result.success else result.failure_data_for_node(asset)
-    if failure is not None and failure.error is not None:
-        error = failure.error.cause or failure.error  # the asset's own error, not the wrapper
-        print(f"  error: {error.message.strip()}", file=sys.stderr)
-    return 0 if result.success else 1
 
 
 def cmd_init(settings: Settings, _: argparse.Namespace) -> int:
@@ -265,40 +147,16 @@ def cmd_reset_cursor(settings: Settings, args: argparse.Namespace) -> int:
     question = (
         "Delete the cursor, so the next ingest starts at the live edge?"
         if target is None
-        else f"Set the cursor to {_cursor_text(target)}?"
+        else f"Set the cursor to {admin.cursor_text(target)}?"
     )
     if not _confirmed(args, "moves the ingest cursor", question):
         return 1
     with Store(settings.db_path).writing() as tx:
-        old = admin.set_cursor(tx.con, target)
-    print(f"cursor: {_cursor_text(old)} -> {_cursor_text(target)}")
-    for line in _cursor_notes(old, target, time.time()):
+        old = cursor.set_cursor(tx.con, target)
+    print(f"cursor: {admin.cursor_text(old)} -> {admin.cursor_text(target)}")
+    for line in admin.cursor_notes(old, target, time.time()):
         print(line)
     return 0
-
-
-def _cursor_text(time_us: int | None) -> str:
-    return "none" if time_us is None else f"{time_us} ({cursor_iso(time_us)})"
-
-
-def _cursor_notes(old: int | None, new: int | None, now: float) -> list[str]:
-    if new is None:
-        skipped = "" if old is None else f"; events after {cursor_iso(old)} are not read"
-        return [f"the next ingest starts at the live edge of the stream{skipped}"]
-    notes = [f"the next ingest reads the stream from {cursor_iso(new)}"]
-    if old is not None and new > old:
-        notes.append(
-            f"warning: the cursor moved forward; events after {cursor_iso(old)} "
-            "and before it are not read"
-        )
-    age = now - new / 1e6
-    keeps = "warning: " if age > admin.JETSTREAM_KEEPS_SECONDS else ""
-    notes.append(
-        f"{keeps}that is {age / 3600:.1f} h ago. Jetstream keeps about a day of events: from "
-        "an older cursor it starts later, which the ingest records as a cursor gap (and every "
-        "backfill starts again)"
-    )
-    return notes
 
 
 def cmd_reset_backfills(settings: Settings, args: argparse.Namespace) -> int:
@@ -307,7 +165,7 @@ def cmd_reset_backfills(settings: Settings, args: argparse.Namespace) -> int:
 
     if args.did is not None and not is_did(args.did):
         raise CommandError(f"{args.did!r} is not a DID (did:plc:... or did:web:...)")
-    selection = admin.BackfillSelection(
+    selection = backfills.Selection(
         statuses=tuple(args.status or ()),
         collection=None if args.collection is None else admin.check_nsid(args.collection),
         did=args.did,
@@ -316,7 +174,7 @@ def cmd_reset_backfills(settings: Settings, args: argparse.Namespace) -> int:
     if not _confirmed(args, f"restarts {which}", f"Restart {which} from their first page?"):
         return 1
     with Store(settings.db_path).writing() as tx:
-        before = admin.reset_backfills(tx.con, selection)
+        before = backfills.restart(tx.con, selection)
     if not before:
         print(f"no backfills match ({which}): nothing changed")
         return 0
@@ -327,7 +185,7 @@ def cmd_reset_backfills(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _selection_text(selection: admin.BackfillSelection) -> str:
+def _selection_text(selection: backfills.Selection) -> str:
     parts = [f"status {' or '.join(selection.statuses)}"] if selection.statuses else []
     parts += [
         f"{name} {value}"
@@ -371,58 +229,6 @@ def cmd_status(settings: Settings, _: argparse.Namespace) -> int:
     return 0
 
 
-def format_status(settings: Settings, status: MirrorStatus) -> str:
-    lines = [f"file: {settings.db_path} (schema {status.schema_version})"]
-    lines.append(f"tracked collections: {settings.collections}")
-    if status.cursor_us is None:
-        lines.append("cursor: none yet (the next ingest starts live)")
-    else:
-        source = (
-            f"from {status.cursor_endpoint}"
-            if status.cursor_endpoint
-            else "set by `mirror reset-cursor`"
-        )
-        lines.append(
-            f"cursor: {status.cursor_us} ({status.cursor_iso}, {status.lag_seconds:.0f} s ago) "
-            f"{source}"
-        )
-    lines.append(f"{'collection':<40} {'records':>10} {'hidden':>8} {'deleted':>8} {'users':>8}")
-    for c in status.collections:
-        lines.append(
-            f"{c.collection:<40} {c.records:>10} {c.hidden:>8} {c.tombstones:>8} {c.dids:>8}"
-        )
-    lines.append(
-        f"accounts: {_by_status(status.accounts_by_status)} ({status.handles_verified} handles "
-        f"verified, {status.identities_to_check} identities to check)"
-    )
-    lines.append(
-        f"backfills: {_by_status(status.backfills_by_status)} "
-        f"({status.backfill_records} records in {status.backfill_pages} pages)"
-    )
-    for failed in status.failed_backfills:
-        retry = f"{failed.next_attempt_at:%Y-%m-%d %H:%M}" if failed.next_attempt_at else "now"
-        lines.append(
-            f"  failed: {failed.did} {failed.collection} ({failed.attempts} attempts, "
-            f"retry {retry}): {failed.last_error}"
-        )
-    for discovery in status.discovery:
-        state = "pass in progress" if discovery.in_progress else "last complete pass"
-        when = f"{discovery.completed_at:%Y-%m-%d %H:%M}" if discovery.completed_at else "never"
-        lines.append(
-            f"discovery: {discovery.collection} on {discovery.relay}: {discovery.repos_listed} "
-            f"repos listed, {discovery.dids_queued} new ({state}; completed {when})"
-        )
-    for detected_at, endpoint, seconds in status.gaps:
-        lines.append(
-            f"cursor gap: {detected_at:%Y-%m-%d %H:%M} on {endpoint}, {seconds:.0f} s lost"
-        )
-    return "\n".join(lines)
-
-
-def _by_status(counts: dict[str, int]) -> str:
-    return ", ".join(f"{status} {n}" for status, n in counts.items()) or "none"
-
-
 def _yes(command: argparse.ArgumentParser) -> None:
     command.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
@@ -451,7 +257,7 @@ def _reset_backfills_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--status",
         action="append",
-        choices=admin.BACKFILL_STATUSES,
+        choices=backfills.STATUSES,
         help="only backfills in this status (repeatable; default: every status)",
     )
     command.add_argument("--collection", help="only backfills of this collection")
@@ -485,7 +291,10 @@ class Command:
 
 
 COMMANDS = {
-    "run": Command(cmd_run, "start Dagster (webserver and daemon) and the API; Ctrl-C stops both"),
+    "run": Command(
+        lambda settings, _: run_services(settings),
+        "start Dagster (webserver and daemon) and the API; Ctrl-C stops both",
+    ),
     "api": Command(cmd_api, "serve the API alone"),
     "ingest": Command(cmd_ingest, "run one ingest cycle now, through Dagster"),
     "backfill": Command(

@@ -1,12 +1,17 @@
-"""The last run of each of the mirror's jobs, read from the Dagster instance (`mirror status`).
+"""The mirror's jobs as Dagster runs seen from the command line: one run in this process,
+recorded in the instance (`mirror ingest`, `mirror backfill`), and the last run of each job
+(`mirror status`).
 
 Kept apart from `status.py`, which reads the DuckDB file: the two are read one after the
-other, and the file's read lock is never held while Dagster's storage is opened.
+other, and the file's read lock is never held while Dagster's storage is opened. Imported
+only by the commands that need Dagster, so the others start fast.
 """
 
 from __future__ import annotations
 
+import sys
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,6 +19,10 @@ from pathlib import Path
 import dagster as dg
 
 from mirror_assets.config import Settings
+from mirror_assets.defs.definitions import build_definitions
+from mirror_assets.defs.resources import MirrorResource
+from mirror_assets.names import DIDS, WRITER_TAG
+from mirror_assets.ops.instance import dagster_home
 
 
 @dataclass(frozen=True)
@@ -46,9 +55,6 @@ def job_names(settings: Settings) -> list[str]:
     # Loading the assets warns about Dagster's beta parameters they use: noise in a status.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dg.BetaWarning)
-        from mirror_assets.defs.definitions import build_definitions
-        from mirror_assets.defs.resources import MirrorResource
-
         defs = build_definitions(MirrorResource.from_settings(settings))
     return [job.name for job in defs.jobs or ()]
 
@@ -73,3 +79,48 @@ def _last_run(instance: dg.DagsterInstance, job: str) -> LastRun:
         started_at=record.start_time,
         ended_at=record.end_time,
     )
+
+
+def execute_job(
+    settings: Settings,
+    job_name: str,
+    asset: str,
+    partition: str | None = None,
+    config: Mapping[str, object] | None = None,
+) -> int:
+    """Run a job in this process, recorded in the instance; print its metadata or error."""
+    dagster_home()
+    defs = build_definitions(MirrorResource.from_settings(settings))
+    job = defs.resolve_job_def(job_name)
+    run_config: dict[str, object] = {
+        # The run's own event log keeps every detail; the terminal gets the summary.
+        "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+    }
+    if config is not None:
+        run_config["ops"] = {asset: {"config": config}}
+    with dg.DagsterInstance.get() as instance:
+        if partition is not None and not instance.has_dynamic_partition(DIDS, partition):
+            instance.add_dynamic_partitions(DIDS, [partition])
+        result = job.execute_in_process(
+            instance=instance,
+            tags={WRITER_TAG: job_name},
+            run_config=run_config,
+            partition_key=partition,
+            raise_on_error=False,
+        )
+    print(f"run {result.run_id}: {'success' if result.success else 'failure'}")
+    events: list[dg.AssetObservation | dg.AssetMaterialization] = [
+        *result.asset_observations_for_node(asset),
+        *result.asset_materializations_for_node(asset),
+    ]
+    for event in events:
+        if event.metadata:
+            for key, value in event.metadata.items():
+                print(f"  {key}: {getattr(value, 'value', value)}")
+        elif event.partition:
+            print(f"  done: {event.partition}")
+    failure = None if result.success else result.failure_data_for_node(asset)
+    if failure is not None and failure.error is not None:
+        error = failure.error.cause or failure.error  # the asset's own error, not the wrapper
+        print(f"  error: {error.message.strip()}", file=sys.stderr)
+    return 0 if result.success else 1

@@ -9,6 +9,7 @@ from datetime import datetime
 import duckdb
 
 from mirror_assets.atproto.cursor_time import cursor_iso, cursor_lag_seconds
+from mirror_assets.config import Settings
 
 
 @dataclass(frozen=True)
@@ -127,3 +128,55 @@ def read_status(con: duckdb.DuckDBPyConnection, recent: int = 5) -> MirrorStatus
 def _counts(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, int]:
     rows = con.execute(f"SELECT status, count(*) FROM {table} GROUP BY status ORDER BY status")
     return {status: count for status, count in rows.fetchall()}
+
+
+def format_status(settings: Settings, status: MirrorStatus) -> str:
+    lines = [f"file: {settings.db_path} (schema {status.schema_version})"]
+    lines.append(f"tracked collections: {settings.collections}")
+    if status.cursor_us is None:
+        lines.append("cursor: none yet (the next ingest starts live)")
+    else:
+        source = (
+            f"from {status.cursor_endpoint}"
+            if status.cursor_endpoint
+            else "set by `mirror reset-cursor`"
+        )
+        lines.append(
+            f"cursor: {status.cursor_us} ({status.cursor_iso}, {status.lag_seconds:.0f} s ago) "
+            f"{source}"
+        )
+    lines.append(f"{'collection':<40} {'records':>10} {'hidden':>8} {'deleted':>8} {'users':>8}")
+    for c in status.collections:
+        lines.append(
+            f"{c.collection:<40} {c.records:>10} {c.hidden:>8} {c.tombstones:>8} {c.dids:>8}"
+        )
+    lines.append(
+        f"accounts: {_by_status(status.accounts_by_status)} ({status.handles_verified} handles "
+        f"verified, {status.identities_to_check} identities to check)"
+    )
+    lines.append(
+        f"backfills: {_by_status(status.backfills_by_status)} "
+        f"({status.backfill_records} records in {status.backfill_pages} pages)"
+    )
+    for failed in status.failed_backfills:
+        retry = f"{failed.next_attempt_at:%Y-%m-%d %H:%M}" if failed.next_attempt_at else "now"
+        lines.append(
+            f"  failed: {failed.did} {failed.collection} ({failed.attempts} attempts, "
+            f"retry {retry}): {failed.last_error}"
+        )
+    for discovery in status.discovery:
+        state = "pass in progress" if discovery.in_progress else "last complete pass"
+        when = f"{discovery.completed_at:%Y-%m-%d %H:%M}" if discovery.completed_at else "never"
+        lines.append(
+            f"discovery: {discovery.collection} on {discovery.relay}: {discovery.repos_listed} "
+            f"repos listed, {discovery.dids_queued} new ({state}; completed {when})"
+        )
+    for detected_at, endpoint, seconds in status.gaps:
+        lines.append(
+            f"cursor gap: {detected_at:%Y-%m-%d %H:%M} on {endpoint}, {seconds:.0f} s lost"
+        )
+    return "\n".join(lines)
+
+
+def _by_status(counts: dict[str, int]) -> str:
+    return ", ".join(f"{status} {n}" for status, n in counts.items()) or "none"

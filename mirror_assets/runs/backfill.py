@@ -2,8 +2,8 @@
 
 For each DID a run takes on, every due (did, collection) listing is paged with
 `listRecords` from its saved cursor. Pages carry the repo rev read with `getLatestCommit`
-when the pass began, so the rev rule decides between them and live events (DESIGN
-section 4, invariant 2). Fetching and writing overlap: pages go to a writer that commits
+when the pass began, so the rev rule decides between them and live events (docs/
+architecture.md, invariant 2). Fetching and writing overlap: pages go to a writer that commits
 whatever has arrived in one short transaction (each page's records with its cursor), while
 the network keeps fetching; the file is never held across a request.
 """
@@ -11,6 +11,7 @@ the network keeps fetching; the file is never held across a request.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import Counter
@@ -23,28 +24,26 @@ import pyarrow as pa
 from mirror_assets.atproto.nsids import CollectionFilter
 from mirror_assets.atproto.refusals import Refusals
 from mirror_assets.config import Settings
+from mirror_assets.model.accounts import cached_pdses
 from mirror_assets.model.apply import ApplyResult
-from mirror_assets.model.backfills import (
-    DONE,
+from mirror_assets.model.backfills import Task, claim, done_dids
+from mirror_assets.model.batch import COMMIT_SCHEMA
+from mirror_assets.model.progress import (
     Ended,
     ListingDone,
     PageRead,
     Progress,
     ProgressResult,
-    Task,
-    cached_pdses,
-    claim,
     write_progress,
 )
-from mirror_assets.model.batch import COMMIT_SCHEMA
 from mirror_assets.network.handles import HandleVerifier
 from mirror_assets.network.identity import DidNotFoundError, DidTombstonedError
 from mirror_assets.network.net_guard import AddressGuard
 from mirror_assets.network.pds import RecordEntry, RefusedAnswerError, latest_rev, list_records
 from mirror_assets.network.xrpc import Politeness, UnavailableError, XrpcClient, XrpcError
 from mirror_assets.runs.identities import checked_identity
+from mirror_assets.store.committer import Committer
 from mirror_assets.store.file import Store
-from mirror_assets.store.lock import READER_WINDOW_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +55,8 @@ _REPO_STATUS = {
     "RepoDeactivated": "deactivated",
 }
 # A transaction takes whatever pages have arrived, up to this many records: a
-# transaction's fixed cost (open, commit, close: about 30 ms) is paid per group, not per page.
+# transaction's fixed cost (open, commit, close) is paid per group, not per page
+# (docs/backfill.md).
 _RECORDS_PER_TRANSACTION = 20_000
 _QUEUED_PAGES = 256  # fetched pages waiting for the writer before fetching pauses
 # ... or this many bytes of them: pages of large records from a hostile PDS stay bounded.
@@ -175,13 +175,7 @@ def _claim(
 
 def _done_dids(store: Store, dids: Sequence[str]) -> list[str]:
     with store.reading() as con:
-        con.register("asked", pa.table({"did": pa.array(dids, pa.string())}))
-        rows = con.execute(
-            "SELECT did FROM backfills WHERE did IN (SELECT did FROM asked) "
-            "GROUP BY did HAVING bool_and(list_contains(?, status)) ORDER BY did",
-            [list(DONE)],
-        ).fetchall()
-    return [row[0] for row in rows]
+        return done_dids(con, dids)
 
 
 class _Runner:
@@ -308,15 +302,6 @@ def page_rows(did: str, collection: str, rev: str, entries: Sequence[RecordEntry
     )
 
 
-def commit_progress(
-    store: Store, items: Sequence[Progress], retry_seconds: float
-) -> ProgressResult:
-    with store.writing() as tx:
-        result = write_progress(tx.con, items, retry_seconds)
-    result.applied.lock_wait_seconds = tx.lock_wait.seconds
-    return result
-
-
 class WriteFailedError(Exception):
     """The writer could not commit: the run stops (what was committed stays)."""
 
@@ -331,7 +316,7 @@ class ProgressWriter:
     """
 
     def __init__(self, store: Store, retry_seconds: float, report: BackfillReport) -> None:
-        self._store = store
+        self._committer = Committer(store)
         self._retry_seconds = retry_seconds
         self._report = report
         self._queue: asyncio.Queue[Progress | None] = asyncio.Queue(_QUEUED_PAGES)
@@ -362,6 +347,7 @@ class ProgressWriter:
         closing = False
         while not closing:
             items: list[Progress] = []
+            await self._committer.readers_served()  # what arrives meanwhile joins this group
             item = await self._queue.get()
             records = 0
             while item is not None:
@@ -375,16 +361,16 @@ class ProgressWriter:
                 self._queued_bytes -= sum(map(_size_of, items))
                 self._room.notify_all()
             if items and self._error is None:
+                write = functools.partial(
+                    write_progress, items=items, retry_seconds=self._retry_seconds
+                )
                 try:
-                    result = await asyncio.to_thread(
-                        commit_progress, self._store, items, self._retry_seconds
-                    )
+                    result, waited = await self._committer.commit(write)
                 except Exception as error:  # reported to the producers and the caller
                     self._error = error
                     continue
+                result.applied.lock_wait_seconds = waited
                 self._report.add(result)
-                # Back-to-back transactions would keep the file from readers.
-                await asyncio.sleep(READER_WINDOW_SECONDS)
 
 
 def _size_of(item: Progress) -> int:

@@ -2,7 +2,7 @@
 
 Live commits only reveal users who post after the mirror starts; a relay's
 `com.atproto.sync.listReposByCollection` lists all of them, so a fresh mirror ends up
-complete (DESIGN section 7). A pass pages the relay for one collection and queues each DID
+complete (docs/backfill.md). A pass pages the relay for one collection and queues each DID
 not known yet; each page commits with the pass's position, so an interrupted pass resumes
 where it stopped. A collection is passed again once its last pass is older than
 `REPASS_AFTER`, or straight away when it has never been passed completely (newly tracked).
@@ -24,6 +24,7 @@ import msgspec
 
 from mirror_assets.atproto.syntax import is_did
 from mirror_assets.config import Settings
+from mirror_assets.model import discovery
 from mirror_assets.model.backfills import queue
 from mirror_assets.network.net_guard import AddressGuard
 from mirror_assets.network.xrpc import Politeness, XrpcClient
@@ -76,12 +77,7 @@ class DiscoveryReport:
 def collections_due(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict[str, str | None]:
     """Tracked exact collections never passed on this relay, mid-pass, or passed long ago,
     each with the cursor its pass resumes from (None: a new pass)."""
-    state = {
-        collection: (relay, cursor, completed_at)
-        for collection, relay, cursor, completed_at in con.execute(
-            "SELECT collection, relay, cursor, completed_at FROM discovery_state"
-        ).fetchall()
-    }
+    state = discovery.positions(con)
     stale_before = datetime.now(UTC) - REPASS_AFTER
     due: dict[str, str | None] = {}
     for collection in sorted(settings.collections.exact):
@@ -96,13 +92,7 @@ def collections_due(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict[
 def never_completed(con: duckdb.DuckDBPyConnection, settings: Settings) -> list[str]:
     """Tracked exact collections without a complete pass on this relay (newly tracked, or
     a first pass that was interrupted)."""
-    done = {
-        row[0]
-        for row in con.execute(
-            "SELECT collection FROM discovery_state WHERE relay = ? AND completed_at IS NOT NULL",
-            [settings.relay_url],
-        ).fetchall()
-    }
+    done = discovery.completed_on(con, settings.relay_url)
     return sorted(settings.collections.exact - done)
 
 
@@ -160,31 +150,6 @@ def _commit_page(
     """Queue the page's DIDs and save the pass's position, in one transaction."""
     with store.writing() as tx:
         queued = queue(tx.con, [(did, state.collection) for did in dids])
-        tx.con.execute(
-            """
-            INSERT INTO discovery_state VALUES
-                ($collection, $relay, $cursor, $listed, $queued, now(),
-                 CASE WHEN $cursor IS NULL THEN now() END, now())
-            ON CONFLICT (collection) DO UPDATE SET
-                relay = excluded.relay,
-                cursor = excluded.cursor,
-                repos_listed = CASE WHEN $first THEN excluded.repos_listed
-                    ELSE discovery_state.repos_listed + excluded.repos_listed END,
-                dids_queued = CASE WHEN $first THEN excluded.dids_queued
-                    ELSE discovery_state.dids_queued + excluded.dids_queued END,
-                pass_started_at = CASE WHEN $first THEN now()
-                    ELSE discovery_state.pass_started_at END,
-                completed_at = CASE WHEN excluded.cursor IS NULL THEN now()
-                    ELSE discovery_state.completed_at END,
-                updated_at = now()
-            """,
-            {
-                "collection": state.collection,
-                "relay": relay,
-                "cursor": cursor,
-                "listed": listed,
-                "queued": queued,
-                "first": state.pages == 1 and not state.resumed,
-            },
-        ).fetchall()
+        first = state.pages == 1 and not state.resumed
+        discovery.record_page(tx.con, state.collection, relay, cursor, listed, queued, first)
     return queued

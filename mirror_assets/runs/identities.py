@@ -4,7 +4,7 @@ A handle counts only when the DID document claims it and the handle resolves bac
 same DID (atproto.com/specs/handle; docs/validation.md). The stream's identity events only
 say that something changed: ingest marks the DID (`accounts.identity_stale`), and a run of
 the `identities` job re-reads the document of each marked DID (its PDS) and verifies the
-handle it claims (handles.py). A backfill that resolves a DID does the same check, with the
+handle it claims (network/handles.py). A backfill that resolves a DID does the same check, with the
 same function.
 """
 
@@ -16,11 +16,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import duckdb
-import pyarrow as pa
-
 from mirror_assets.config import Settings
-from mirror_assets.model.backfills import Resolved, record_identities
+from mirror_assets.model.accounts import (
+    Resolved,
+    end_identity_checks,
+    record_identities,
+    stale_identities,
+)
 from mirror_assets.network.handles import HandleVerifier
 from mirror_assets.network.identity import resolve
 from mirror_assets.network.net_guard import AddressGuard
@@ -65,16 +67,6 @@ async def checked_identity(
     return Resolved(did, identity.pds, handle)
 
 
-def stale_identities(con: duckdb.DuckDBPyConnection, limit: int) -> list[str]:
-    """DIDs an identity event marked for a check, longest waiting first."""
-    rows = con.execute(
-        "SELECT did FROM accounts WHERE identity_stale AND status <> 'deleted' "
-        "ORDER BY updated_at, did LIMIT ?",
-        [limit],
-    ).fetchall()
-    return [row[0] for row in rows]
-
-
 def run_identity_checks(settings: Settings, store: Store | None = None) -> IdentityReport:
     return asyncio.run(check_identities(settings, store or Store(settings.db_path)))
 
@@ -110,13 +102,7 @@ async def check_identities(settings: Settings, store: Store) -> IdentityReport:
 
 
 def _record(store: Store, resolved: Sequence[Resolved], checked: Sequence[str]) -> None:
-    """Write what was found, and end the check of every DID taken on: one whose document
-    could not be read keeps its PDS and handle as they were until the next identity event or
-    backfill checks it again."""
+    """Write what was found, and end the check of every DID taken on."""
     with store.writing() as tx:
         record_identities(tx.con, resolved)
-        tx.con.register("checked", pa.table({"did": pa.array(checked, pa.string())}))
-        tx.con.execute(
-            "UPDATE accounts SET identity_stale = false WHERE did IN (SELECT did FROM checked)"
-        ).fetchall()
-        tx.con.unregister("checked")
+        end_identity_checks(tx.con, checked)

@@ -1,7 +1,7 @@
 """One ingest cycle: read Jetstream from the stored cursor until caught up, apply in batches.
 
 Reading happens outside the lock; each flush is one write transaction holding the batch's
-rows and the cursor they bring the mirror to (DESIGN section 4, invariant 1), committed in
+rows and the cursor they bring the mirror to (docs/architecture.md, invariant 1), committed in
 a worker thread while the next batch is read.
 A crash at any point leaves the file at the last committed flush, and the next cycle
 re-reads from there.
@@ -10,6 +10,7 @@ re-reads from there.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -19,8 +20,8 @@ from mirror_assets.config import Settings
 from mirror_assets.model.apply import ApplyResult, apply_batch
 from mirror_assets.model.batch import BatchBuilder, EventBatch
 from mirror_assets.network.jetstream import JetstreamReader, JetstreamUnavailableError, ReadStats
+from mirror_assets.store.committer import Committer
 from mirror_assets.store.file import Store
-from mirror_assets.store.lock import READER_WINDOW_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -76,37 +77,27 @@ class IngestReport:
         return summary
 
 
-def commit_batch(store: Store, batch: EventBatch) -> ApplyResult:
-    """Write one batch and its cursor in one transaction."""
-    with store.writing() as tx:
-        result = apply_batch(tx.con, batch)
-    result.lock_wait_seconds = tx.lock_wait.seconds
-    return result
-
-
 def run_ingest(settings: Settings, store: Store | None = None) -> IngestReport:
     """Run one ingest cycle to completion (blocking)."""
     return asyncio.run(ingest(settings, store or Store(settings.db_path)))
 
 
 class BatchWriter:
-    """Commits batches in a worker thread while the event loop reads the next one.
+    """Commits batches while the event loop reads the next one.
 
     Batches still commit one at a time and in order, each with the cursor it brings the
     mirror to, so a crash leaves the file at the end of some batch.
     """
 
     def __init__(self, store: Store, report: IngestReport) -> None:
-        self._store = store
+        self._committer = Committer(store)
         self._report = report
-        self._in_flight: asyncio.Future[ApplyResult] | None = None
-        self._file_free_since = 0.0
+        self._in_flight: asyncio.Future[tuple[ApplyResult, float]] | None = None
 
     async def submit(self, batch: EventBatch) -> None:
         await self.drain()
-        # Back-to-back transactions would keep the file from readers, who poll the lock.
-        await asyncio.sleep(self._file_free_since + READER_WINDOW_SECONDS - time.monotonic())
-        self._in_flight = asyncio.ensure_future(asyncio.to_thread(commit_batch, self._store, batch))
+        write = functools.partial(apply_batch, batch=batch)
+        self._in_flight = asyncio.ensure_future(self._committer.commit(write))
 
     async def finish(self, last: EventBatch | None) -> None:
         """Write the last batch, if any, and wait until everything submitted is committed."""
@@ -121,8 +112,8 @@ class BatchWriter:
         if self._in_flight is None:
             return
         future, self._in_flight = self._in_flight, None
-        result = await future
-        self._file_free_since = time.monotonic()
+        result, waited = await future
+        result.lock_wait_seconds = waited
         report = self._report
         report.applied.add(result)
         report.flushes += 1

@@ -1,22 +1,25 @@
 """The DuckDB file behind the lock: short write transactions and read-only views of it.
 
 A writer takes the cross-process write lock, opens the file, runs one transaction and
-closes it again, so Dagster runs and the API take turns (DESIGN section 5). Network work
-never happens inside `Store.writing()`.
+closes it again, so Dagster runs and the API take turns (docs/ingest.md, the file lock).
+Network work never happens inside `Store.writing()`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import duckdb
 
 from mirror_assets.store.lock import LockWait, read_lock, write_lock
 from mirror_assets.store.schema import SCHEMA_VERSION, current_version, drop_all, migrate
+
+R = TypeVar("R")
 
 
 @dataclass
@@ -51,6 +54,12 @@ class Store:
                 con.execute("COMMIT")
             finally:
                 con.close()
+
+    def transact(self, write: Callable[[duckdb.DuckDBPyConnection], R]) -> tuple[R, float]:
+        """Run `write(con)` in one write transaction; what it returned, and the seconds it
+        waited for the lock."""
+        with self.writing() as tx:
+            return write(tx.con), tx.lock_wait.seconds
 
     @contextmanager
     def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:

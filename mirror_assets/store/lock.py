@@ -1,7 +1,7 @@
 """The cross-process lock around the DuckDB file: one writer or many readers, writers first.
 
 DuckDB lets one process open a file read-write or many open it read-only, never both
-(DESIGN section 5). Two `flock` files beside the database carry the protocol:
+(docs/ingest.md, the file lock). Two `flock` files beside the database carry the protocol:
 
 * ``<db>.gate``: a writer holds it exclusively from the moment it starts waiting until it
   is done. Readers pass through it (shared, for an instant) before they enter, so a waiting

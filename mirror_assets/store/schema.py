@@ -1,8 +1,8 @@
 """The DuckDB schema, created on first use and migrated step by step after that.
 
 `record_versions` holds the newest known version of every record URI, live or deleted:
-one replace-if-newer step (`apply.py`) then decides between a create, an update and a
-delete by rev (DESIGN section 4, invariant 2), and a deleted row is the tombstone that
+one replace-if-newer step (`model/records.py`) then decides between a create, an update and a
+delete by rev (docs/architecture.md, invariant 2), and a deleted row is the tombstone that
 stops a late or replayed create. Analysts and the API read the views: `records` (live
 records of visible accounts, one row per record) and `tombstones`.
 """
@@ -104,7 +104,7 @@ MIGRATIONS: tuple[str, ...] = (
     );
     """,
     # Version 3: per-collection summaries behind /users and /stats, rebuilt by Dagster
-    # (summaries.py), because counting 10,000,000 records per request is too slow; and an
+    # (analytics/summaries.py), because counting 10,000,000 records per request is too slow; and an
     # index on `did`, so one user's page (`?did=`) reads their rows instead of every row.
     """
     CREATE TABLE user_counts (
@@ -122,8 +122,8 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX record_versions_did ON record_versions (did);
     """,
     # Version 4: the first record time per collection, and the apply log behind daily
-    # activity: each transaction appends what it changed per collection and day (apply.py),
-    # and the `daily_activity` asset rolls the log up (activity.py).
+    # activity: each transaction appends what it changed per collection and day (model/records.py),
+    # and the `daily_activity` asset rolls the log up (analytics/activity.py).
     """
     ALTER TABLE collection_stats ADD COLUMN first_record_time_us BIGINT;
 
@@ -147,7 +147,7 @@ MIGRATIONS: tuple[str, ...] = (
     );
     """,
     # Version 5: a handle counts only once it resolves back to its DID (docs/validation.md).
-    # An identity event marks the DID for a new check (identities.py); handles stored before
+    # An identity event marks the DID for a new check (runs/identities.py); handles stored before
     # they were checked both ways are believed no longer, and are checked again.
     """
     ALTER TABLE accounts ADD COLUMN identity_stale BOOLEAN DEFAULT false;

@@ -8,12 +8,11 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 from mirror_assets.analytics.activity import roll_up_activity
-from mirror_assets.defs.resources import MirrorResource
 from mirror_assets.model.apply import apply_commits
 from mirror_assets.network.pds import RecordEntry
 from mirror_assets.runs.backfill import page_rows
 from mirror_assets.store.file import Store
-from tests.support.dagster_helpers import run_job
+from tests.support.dagster_helpers import ingest_mirror, metadata_of, run_job
 from tests.support.events_factory import (
     CARD,
     PAGE,
@@ -130,13 +129,10 @@ def test_the_ingest_job_materializes_every_analytics_table(tmp_path: Path) -> No
         server.add(create(BOB, "b1", rev=1, t=DAY))
         server.add(update(ALICE, "a1", rev=2, t=DAY + 1))
         server.add(create(BOB, "b2", rev=2, t=DAY + 2))
-        mirror = MirrorResource(
-            db_path=str(db), collections=CARD, jetstream_urls=server.url, idle_seconds=0.5
-        )
-        result = run_job(mirror, "ingest")
+        result = run_job(ingest_mirror(db, server.url), "ingest")
     assert result.success
     [activity] = result.asset_materializations_for_node("daily_activity")
-    metadata = {key: value.value for key, value in activity.metadata.items()}
+    metadata = metadata_of(activity)
     assert metadata == {
         "dagster/row_count": 2,
         "collections": 1,

@@ -17,8 +17,9 @@ import pytest
 
 from mirror_assets.defs.checks import cursor_fresh
 from mirror_assets.defs.definitions import build_definitions
-from mirror_assets.defs.resources import MirrorResource
+from mirror_assets.defs.resources import ChecksConfig, MirrorResource
 from mirror_assets.store.file import Store
+from tests.support.dagster_helpers import metadata_of
 from tests.support.events_factory import CARD, PAGE, account, create, delete, did, uri
 from tests.support.store_helpers import apply_events, store_cursor
 
@@ -55,7 +56,10 @@ class Evaluation:
 
 def _mirror(db: Path, collections: str = BOTH, **limits: Any) -> MirrorResource:
     return MirrorResource(
-        db_path=str(db), collections=collections, jetstream_urls="ws://127.0.0.1:9", **limits
+        db_path=str(db),
+        collections=collections,
+        jetstream_urls="ws://127.0.0.1:9",
+        checks=ChecksConfig(**limits),
     )
 
 
@@ -68,8 +72,7 @@ def _run(defs: dg.Definitions, job: str) -> dict[str, Evaluation]:
     evaluations = {}
     for e in result.get_asset_check_evaluations():
         assert e.check_name not in evaluations, f"{e.check_name} evaluated twice"
-        metadata = {key: value.value for key, value in e.metadata.items()}
-        evaluations[e.check_name] = Evaluation(e.passed, e.severity, metadata)
+        evaluations[e.check_name] = Evaluation(e.passed, e.severity, metadata_of(e))
     return evaluations
 
 

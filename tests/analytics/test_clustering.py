@@ -15,7 +15,7 @@ import dagster as dg
 from mirror_assets.analytics.clustering import recluster
 from mirror_assets.defs.resources import MirrorResource
 from mirror_assets.store.file import Store
-from tests.support.dagster_helpers import run_job
+from tests.support.dagster_helpers import metadata_of, run_job
 from tests.support.events_factory import CARD, PAGE, create, delete, did, update
 from tests.support.store_helpers import apply_events
 
@@ -143,7 +143,7 @@ def test_the_recluster_job_reports_on_records(tmp_path: Path) -> None:
         if event.event_type == dg.DagsterEventType.ASSET_OBSERVATION
     ]
     assert observation.asset_key == dg.AssetKey("records")
-    metadata = {key: value.value for key, value in observation.metadata.items()}
+    metadata = metadata_of(observation)
     assert metadata["recluster_slices"] == 2  # one per collection at the default slice size
     assert metadata["recluster_slices_moved"] == 2
     assert metadata["recluster_rows_moved"] == len(_rows(db))

@@ -23,7 +23,7 @@ import pytest
 from mirror_assets.defs.resources import MirrorResource
 from mirror_assets.model.apply import apply_batch
 from mirror_assets.store.file import Store
-from tests.support.dagster_helpers import run_job
+from tests.support.dagster_helpers import metadata_of, run_job
 from tests.support.events_factory import (
     CARD,
     PAGE,
@@ -63,7 +63,7 @@ def _export(mirror: MirrorResource) -> dict[str, Any]:
     assert result.success
     [materialization] = result.asset_materializations_for_node("parquet_exports")
     assert materialization.asset_key == dg.AssetKey("parquet_exports")
-    return {key: value.value for key, value in materialization.metadata.items()}
+    return metadata_of(materialization)
 
 
 def _folders(exports: Path) -> set[str]:

@@ -14,9 +14,8 @@ from mirror_api.app import create_app
 from mirror_assets.analytics.summaries import rebuild_summaries
 from mirror_assets.atproto.nsids import CollectionFilter
 from mirror_assets.config import Settings
-from mirror_assets.defs.resources import MirrorResource
 from mirror_assets.store.file import Store
-from tests.support.dagster_helpers import run_job
+from tests.support.dagster_helpers import ingest_mirror, run_job
 from tests.support.events_factory import CARD, PAGE, account, create, delete, did
 from tests.support.jetstream_server import JetstreamServer
 from tests.support.store_helpers import apply_events
@@ -111,10 +110,7 @@ def test_the_ingest_job_rebuilds_the_summaries_after_records(tmp_path: Path) -> 
     with JetstreamServer() as server:
         for n in range(5):
             server.add(create(did(f"user{n % 2}"), f"r{n}", rev=n + 1, t=n))
-        mirror = MirrorResource(
-            db_path=str(db), collections=CARD, jetstream_urls=server.url, idle_seconds=0.5
-        )
-        result = run_job(mirror, "ingest")
+        result = run_job(ingest_mirror(db, server.url), "ingest")
     assert result.success
     rows = {
         materialization.asset_key.to_user_string(): materialization.metadata[

@@ -30,8 +30,9 @@ from mirror_api.services import backfill_trigger
 from mirror_api.services.backfill_trigger import BackfillTrigger
 from mirror_api.services.dagster_client import DagsterClient
 from mirror_assets.config import Settings
-from tests.support.api_helpers import ROOT, api_client, free_port, settings_for
+from tests.support.api_helpers import ROOT, api_client, settings_for
 from tests.support.events_factory import CARD, create, did
+from tests.support.ports import free_port
 from tests.support.store_helpers import apply_events
 
 Client = TestClient[Litestar]

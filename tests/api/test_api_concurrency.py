@@ -1,4 +1,4 @@
-"""The API under load beside a writer, with real processes (DESIGN section 5).
+"""The API under load beside a writer, with real processes (docs/api.md).
 
 `mirror api` (uvicorn) serves a real file; a writer process commits small batches in a loop
 through `Store.writing()` and the real apply step, noting each transaction's wait for the

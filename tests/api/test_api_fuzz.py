@@ -8,7 +8,6 @@ running (DAGSTER_URL points at a closed port) and `?did=` waits 10 ms, so genera
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +19,9 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.core.result import Ok
 
 from mirror_api.app import create_app
-from mirror_assets.atproto.nsids import CollectionFilter
-from mirror_assets.config import Settings
+from tests.support.api_helpers import settings_for
 from tests.support.events_factory import CARD, PAGE, account, create, delete, did
 from tests.support.store_helpers import apply_events
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 ALICE, BOB = did("a" * 24), did("b" * 24)
 
@@ -46,14 +37,7 @@ def _app(db: Path) -> object:
             account(bob, active=False, status="takendown", t=50),
         ],
     )
-    return create_app(
-        Settings(
-            db_path=db,
-            collections=CollectionFilter.parse(f"{CARD},{PAGE}"),
-            dagster_url=f"http://127.0.0.1:{_closed_port()}",
-            backfill_wait_seconds=0.01,
-        )
-    )
+    return create_app(settings_for(db, f"{CARD},{PAGE}"))
 
 
 def _operations(db: Path) -> list[APIOperation[Any, Any, Any, Any]]:

@@ -3,46 +3,26 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
-# Internal, but the only way to build a queued run without a running code server.
-from dagster._core.remote_origin import (
-    InProcessCodeLocationOrigin,
-    RemoteJobOrigin,
-    RemoteRepositoryOrigin,
-)
-from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
-
 from mirror_assets.defs.ingest import records
 from mirror_assets.defs.resources import MirrorResource
 from mirror_assets.defs.schedules import ingest_every_minute
 from mirror_assets.defs.sensors import MAX_BACKFILL_RUNS
 from mirror_assets.store.file import Store
+from tests.support.dagster_helpers import add_run, ingest_mirror, metadata_of
 from tests.support.events_factory import at, create, delete, did, identity
 from tests.support.jetstream_server import JetstreamServer
 
 PROJECT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as instance:
-        yield instance
-
-
 def mirror_for(server: JetstreamServer, db: Path) -> MirrorResource:
-    return MirrorResource(
-        db_path=str(db),
-        collections="app.blento.*",
-        jetstream_urls=server.url,
-        idle_seconds=0.5,
-        max_seconds=10,
-    )
+    return ingest_mirror(db, server.url, "app.blento.*", max_seconds=10)
 
 
 def test_records_materializes_from_jetstream(tmp_path: Path, instance: dg.DagsterInstance) -> None:
@@ -58,9 +38,7 @@ def test_records_materializes_from_jetstream(tmp_path: Path, instance: dg.Dagste
 
     assert result.success
     [materialization] = result.asset_materializations_for_node("records")
-    metadata = {
-        key: getattr(value, "value", value) for key, value in materialization.metadata.items()
-    }
+    metadata = metadata_of(materialization)
     assert metadata["events_commit_create"] == 5
     assert metadata["events_commit_delete"] == 1
     assert metadata["events_identity"] == 1
@@ -100,19 +78,6 @@ def test_records_run_fails_visibly_when_no_jetstream_answers(
     assert "no Jetstream endpoint answered" in str(failure.error)
 
 
-def _ingest_origin() -> RemoteJobOrigin:
-    """Where the ingest job's code lives; Dagster requires it of a queued run."""
-    location = InProcessCodeLocationOrigin(
-        loadable_target_origin=LoadableTargetOrigin(module_name="mirror_assets.defs.definitions")
-    )
-    return RemoteJobOrigin(
-        repository_origin=RemoteRepositoryOrigin(
-            code_location_origin=location, repository_name="__repository__"
-        ),
-        job_name="ingest",
-    )
-
-
 def _evaluate(instance: dg.DagsterInstance) -> dg.RunRequest | dg.SkipReason:
     tick = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
     context = dg.build_schedule_context(instance=instance, scheduled_execution_time=tick)
@@ -136,9 +101,7 @@ def test_schedule_skips_while_an_ingest_run_is_in_flight(
 ) -> None:
     assert isinstance(_evaluate(instance), dg.RunRequest)
 
-    in_flight = instance.add_run(
-        dg.DagsterRun(job_name="ingest", status=status, remote_job_origin=_ingest_origin())
-    )
+    in_flight = add_run(instance, "ingest", status)
     instance.add_run(dg.DagsterRun(job_name="some_other_job", status=dg.DagsterRunStatus.STARTED))
     skipped = _evaluate(instance)
     assert isinstance(skipped, dg.SkipReason)

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dagster as dg
+import yaml
 
 from mirror_assets.defs.definitions import defs
+from mirror_assets.names import WRITER_TAG
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _parents(key: str) -> set[str]:
@@ -103,3 +109,19 @@ def test_backfill_discovery_and_identity_checks_run_by_themselves() -> None:
     daily = defs.resolve_schedule_def("discovery_daily")
     assert daily.default_status == dg.DefaultScheduleStatus.RUNNING
     assert daily.job_name == "discovery"
+
+
+def test_dagster_yaml_limits_each_writer_job_and_only_those() -> None:
+    """dagster.yaml's run limits name the jobs by the tag they carry: a limit whose key or
+    value no job carries limits nothing, and a writer job without one runs without limit."""
+    config = yaml.safe_load((ROOT / "dagster.yaml").read_text())
+    limits = config["concurrency"]["runs"]["tag_concurrency_limits"]
+    assert limits, "dagster.yaml limits no writer"
+    assert [limit["key"] for limit in limits] == [WRITER_TAG] * len(limits)
+    limited = [limit["value"] for limit in limits]
+    assert len(set(limited)) == len(limited), f"a writer is limited twice: {limited}"
+    for value in limited:
+        job = defs.resolve_job_def(value)  # raises if no job has this name
+        assert job.tags.get(WRITER_TAG) == value, (value, job.tags)
+    writers = {job.name for job in defs.resolve_all_job_defs() if WRITER_TAG in job.tags}
+    assert writers == set(limited)

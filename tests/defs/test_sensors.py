@@ -8,30 +8,20 @@ against the PLC/PDS stand-in, so each step sees what the one before it left behi
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import pytest
 
-# Internal, but the only way to build a queued run without a running code server.
-from dagster._core.remote_origin import (
-    InProcessCodeLocationOrigin,
-    RemoteJobOrigin,
-    RemoteRepositoryOrigin,
-)
-from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
-
+from mirror_assets.atproto.events import CursorGap
 from mirror_assets.atproto.nsids import CollectionFilter
 from mirror_assets.config import BackfillLimits, Settings
-from mirror_assets.defs.backfill import DIDS
 from mirror_assets.defs.definitions import build_definitions
-from mirror_assets.defs.jobs import BACKFILL_JOB
 from mirror_assets.defs.resources import MirrorResource
 from mirror_assets.defs.sensors import (
     MAX_BACKFILL_RUNS,
-    PARTITION,
     RANGE_END,
     RANGE_START,
     backfill_sensor,
@@ -39,21 +29,16 @@ from mirror_assets.defs.sensors import (
     plan_ranges,
 )
 from mirror_assets.model.backfills import claim, queue
-from mirror_assets.model.batch import CursorGap
+from mirror_assets.names import BACKFILL_JOB, DIDS, PARTITION_TAG
 from mirror_assets.store.file import Store
 from tests.support.atproto_server import GET_LATEST_COMMIT, LIST_RECORDS, AtprotoStandIn
+from tests.support.dagster_helpers import add_run, metadata_of
 from tests.support.events_factory import CARD, at, numbered_did
 from tests.support.store_helpers import apply_events
 
 BACKFILL = dg.AssetKey("did_backfill")
 NO_NETWORK = "http://127.0.0.1:9"  # for tests that only evaluate the sensor
 plc = numbered_did  # the n-th resolvable did:plc; plc(a) < plc(b) iff a < b
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as instance:
-        yield instance
 
 
 def mirror_for(tmp_path: Path, url: str, dids_per_run: int = 10, **limits: Any) -> MirrorResource:
@@ -125,17 +110,7 @@ def in_flight_run(
     instance: dg.DagsterInstance, tags: dict[str, str], status: dg.DagsterRunStatus
 ) -> dg.DagsterRun:
     """A backfill run the instance holds as queued or running, as the daemon leaves it."""
-    location = InProcessCodeLocationOrigin(
-        loadable_target_origin=LoadableTargetOrigin(module_name="mirror_assets.defs.definitions")
-    )
-    origin = RemoteJobOrigin(
-        repository_origin=RemoteRepositoryOrigin(
-            code_location_origin=location, repository_name="__repository__"
-        ),
-        job_name=BACKFILL_JOB,
-    )
-    run = dg.DagsterRun(job_name=BACKFILL_JOB, status=status, tags=tags, remote_job_origin=origin)
-    return instance.add_run(run)
+    return add_run(instance, BACKFILL_JOB, status, tags)
 
 
 def range_tags(start: str, end: str) -> dict[str, str]:
@@ -248,14 +223,14 @@ def test_no_keys_no_ranges() -> None:
 def test_busy_keys_are_the_ranges_and_single_partitions_of_runs_in_flight() -> None:
     runs = [
         range_tags("k02", "k04"),
-        {PARTITION: "k10"},
+        {PARTITION_TAG: "k10"},
         range_tags("k15", "k15"),
         {"mirror/writer": "backfill"},  # no partitions named: covers nothing
         range_tags("k18", "gone"),  # an end the instance no longer has: not guessed at
     ]
     assert busy_keys(runs, KEYS) == keys_of(2, 3, 4, 10, 15)
     # A single partition counts even if it is not among the keys the sensor looks at.
-    assert busy_keys([{PARTITION: "did:plc:elsewhere"}], KEYS) == {"did:plc:elsewhere"}
+    assert busy_keys([{PARTITION_TAG: "did:plc:elsewhere"}], KEYS) == {"did:plc:elsewhere"}
 
 
 def test_plan_ranges_keeps_its_promises_on_random_inputs() -> None:
@@ -431,7 +406,7 @@ def test_a_single_partition_run_in_flight_is_busy_and_takes_a_slot(
     queue_dids(mirror, dids)
     instance.add_dynamic_partitions(DIDS, dids)
     # `mirror backfill DID` runs one partition, tagged `dagster/partition`.
-    single = in_flight_run(instance, {PARTITION: dids[2]}, dg.DagsterRunStatus.STARTED)
+    single = in_flight_run(instance, {PARTITION_TAG: dids[2]}, dg.DagsterRunStatus.STARTED)
     assert launched(evaluate(instance, mirror)) == [(dids[0], dids[1])]
 
     instance.report_run_failed(single)
@@ -465,9 +440,7 @@ def test_a_range_run_materializes_the_dids_it_finished(
     materialized = result.asset_materializations_for_node("did_backfill")
     assert sorted(m.partition or "" for m in materialized) == sorted([ok, many, unknown, last])
     [observation] = result.asset_observations_for_node("did_backfill")
-    metadata: dict[str, Any] = {
-        key: getattr(value, "value", value) for key, value in observation.metadata.items()
-    }
+    metadata = metadata_of(observation)
     assert observation.partition is None
     assert metadata["dids"] == 5
     assert metadata["listings"] == 5
@@ -520,7 +493,7 @@ def test_a_stale_claim_is_launched_again_once_no_run_covers_it(
         assert [task.did for task in tasks] == [dids[1]]
     assert statuses(mirror)[dids[1]] == "in_progress"
 
-    dead = in_flight_run(instance, {PARTITION: dids[1]}, dg.DagsterRunStatus.STARTED)
+    dead = in_flight_run(instance, {PARTITION_TAG: dids[1]}, dg.DagsterRunStatus.STARTED)
     assert skip_message(evaluate(instance, mirror)) == (
         "1 DIDs due, 1 backfill runs in flight covering 1"
     )

@@ -25,7 +25,7 @@ from tests.interop.node_install import (
 )
 from tests.interop.pds_client import PdsClient
 from tests.interop.relay import RelayStandIn
-from tests.support.api_helpers import free_port
+from tests.support.ports import free_port
 
 HERE = Path(__file__).resolve().parent
 SCENARIO_SECONDS = 240

@@ -37,7 +37,10 @@ class Network:
         beat = threading.Thread(target=self._beat_once_connected, args=(connected,))
         beat.start()
         settings = pipeline.settings
-        patient = replace(settings, ingest=replace(settings.ingest, idle_seconds=BEAT_SECONDS))
+        patient = replace(
+            settings,
+            ingest=settings.ingest.model_copy(update={"idle_seconds": BEAT_SECONDS}),
+        )
         try:
             metadata = Pipeline(pipeline.instance, patient).ingest()
         finally:

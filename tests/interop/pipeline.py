@@ -22,15 +22,10 @@ import dagster as dg
 
 from mirror_assets.config import Settings
 from mirror_assets.defs.definitions import build_definitions
-from mirror_assets.defs.jobs import (
-    BACKFILL_JOB,
-    DISCOVERY_JOB,
-    IDENTITIES_JOB,
-    INGEST_JOB,
-    in_flight,
-)
+from mirror_assets.defs.jobs import in_flight
 from mirror_assets.defs.resources import MirrorResource
 from mirror_assets.defs.sensors import backfill_sensor, discovery_sensor, identity_sensor
+from mirror_assets.names import BACKFILL_JOB, DISCOVERY_JOB, IDENTITIES_JOB, INGEST_JOB
 
 MAX_SENSOR_TICKS = 20  # a backfill that needs more launches than this does not converge
 
@@ -47,7 +42,7 @@ class Pipeline:
     def with_run_seconds(self, seconds: float) -> Pipeline:
         """The same pipeline with another BACKFILL_RUN_SECONDS: how long a backfill run
         starts new pages."""
-        backfill = replace(self.settings.backfill, run_seconds=seconds)
+        backfill = self.settings.backfill.model_copy(update={"run_seconds": seconds})
         return Pipeline(self.instance, replace(self.settings, backfill=backfill))
 
     # -- the steps ----------------------------------------------------------------------------

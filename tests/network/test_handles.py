@@ -43,11 +43,6 @@ pytestmark = pytest.mark.xdist_group("port_443")
 
 
 @pytest.fixture(scope="module")
-def authority() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
 def https_443(authority: trustme.CA) -> Iterator[HttpStandIn]:
     try:
         server = HttpStandIn(port=443, tls=tls_server_context(authority, *CERTIFIED)).start()

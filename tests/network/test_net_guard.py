@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable, Iterator
 
 import httpcore
 import httpx
-import msgspec
 import pytest
 import trustme
 
@@ -32,7 +31,8 @@ from mirror_assets.network.net_guard import (
     name_server,
 )
 from mirror_assets.network.xrpc import Politeness, UnavailableError, XrpcClient
-from tests.support.dns_server import DnsStandIn, running_dns
+from tests.support.atproto_server import Commit
+from tests.support.dns_server import DnsStandIn
 from tests.support.net_http_server import (
     HttpStandIn,
     serving,
@@ -47,17 +47,6 @@ COMMIT = b'{"cid": "bafyreiexample", "rev": "3kabc"}'
 PUBLIC = "9.9.9.9"
 # Short timeouts: nothing here waits for a real network.
 QUICK = Politeness(backoff_seconds=0.01, timeout_seconds=2.0, attempts=3)
-
-
-class Commit(msgspec.Struct):
-    cid: str
-    rev: str
-
-
-@pytest.fixture
-def dns() -> Iterator[DnsStandIn]:
-    with running_dns() as server:
-        yield server
 
 
 @pytest.fixture
@@ -368,11 +357,6 @@ def test_urls_that_are_not_http_are_refused_even_when_private_networks_are_allow
 
 
 # -- TLS keeps the host name --------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def authority() -> trustme.CA:
-    return trustme.CA()
 
 
 def test_tls_uses_the_host_name_for_sni_the_certificate_and_the_host_header(

@@ -25,7 +25,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
-import msgspec
 import pytest
 
 from mirror_assets.network.net_guard import AddressGuard, RefusedAddressError
@@ -36,20 +35,21 @@ from mirror_assets.network.xrpc import (
     XrpcError,
     rate_limit_wait,
 )
-from tests.support.atproto_server import GET_LATEST_COMMIT, LIST_RECORDS, AtprotoStandIn
+from tests.support.atproto_server import (
+    GET_LATEST_COMMIT,
+    LIST_RECORDS,
+    AtprotoStandIn,
+    Commit,
+)
 from tests.support.events_factory import did
 from tests.support.net_http_server import HttpStandIn, serving
+from tests.support.ports import free_port
 
 ALICE = did("alice")
 T = TypeVar("T")
 # Timeouts far above any answer's time here, so a loaded machine cannot add a retry; the
 # tests of timeouts set their own.
 FAST = Politeness(backoff_seconds=0.01, timeout_seconds=5.0, attempts=3)
-
-
-class Commit(msgspec.Struct):
-    cid: str
-    rev: str
 
 
 @pytest.fixture
@@ -149,7 +149,7 @@ def test_a_429_pauses_a_later_request_to_the_same_host(net: AtprotoStandIn) -> N
 
 def test_a_429_pauses_requests_already_queued_for_the_host(net: AtprotoStandIn) -> None:
     """Requests waiting for a per-host slot when a 429 arrives must not go out before the
-    host's wait is over (DESIGN section 7: the 429 is honoured for the whole host)."""
+    host's wait is over (docs/backfill.md: the 429 is honoured for the whole host)."""
     net.fail(GET_LATEST_COMMIT, 429, headers={"retry-after": "1"})
     one_at_a_time = Politeness(per_host=1, backoff_seconds=0.01, timeout_seconds=2.0)
 
@@ -620,10 +620,7 @@ def test_get_bytes_returns_the_body_within_its_own_bound(scripted: HttpStandIn) 
 @pytest.fixture
 def closed_port_url() -> str:
     """A loopback port nobody listens on: connecting is refused at once."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{free_port()}"
 
 
 def test_a_refused_connection_gives_up_after_the_attempts(closed_port_url: str) -> None:

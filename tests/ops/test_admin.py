@@ -29,9 +29,8 @@ from tests.support.cli_helpers import (
     CAROL,
     MIRROR,
     OTHER,
+    db_of,
     dump,
-    fill_mirror,
-    make_project,
     mirror,
     mirror_env,
     table_rows,
@@ -41,17 +40,6 @@ from tests.support.proc_locks import flock_holders
 from tests.support.store_helpers import batch_of
 
 SPAWN = mp.get_context("spawn")
-
-
-@pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    project = make_project(tmp_path, monkeypatch)
-    fill_mirror(db_of(project))
-    return project
-
-
-def db_of(project: Path) -> Path:
-    return project / "data" / "mirror.duckdb"
 
 
 def listed(output: str) -> dict[str, int]:

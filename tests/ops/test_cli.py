@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +22,7 @@ from tests.support.atproto_server import AtprotoStandIn
 from tests.support.cli_helpers import MIRROR, OTHER, make_project, mirror
 from tests.support.events_factory import CARD, PAGE, account, at, create, did, identity
 from tests.support.jetstream_server import JetstreamServer
+from tests.support.ports import free_port
 
 
 def run_statuses(project: Path, job: str = "ingest") -> list[dg.DagsterRunStatus]:
@@ -34,6 +34,7 @@ def run_statuses(project: Path, job: str = "ingest") -> list[dg.DagsterRunStatus
 
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project with no mirror file yet: these tests start where an operator starts."""
     return make_project(tmp_path, monkeypatch)
 
 
@@ -241,12 +242,6 @@ def test_bad_configuration_is_a_clear_error(
     assert "Traceback" not in result.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_run_serves_and_backfills_without_any_manual_step_and_ctrl_c_stops(
     project: Path,
 ) -> None:
@@ -254,7 +249,7 @@ def test_run_serves_and_backfills_without_any_manual_step_and_ctrl_c_stops(
     stream never showed, ingest sees another, and the sensors backfill both from their PDS;
     then `?did=` on the API has Dagster backfill a third user nothing else would find (a
     wildcard collection is not discoverable), once for many concurrent callers."""
-    api_port, dagster_port = _free_port(), _free_port()
+    api_port, dagster_port = free_port(), free_port()
     seen_live, discovered, asked = did("l" * 24), did("d" * 24), did("q" * 24)
     with AtprotoStandIn() as net, JetstreamServer() as stream:
         net.add_account(seen_live)
@@ -359,7 +354,7 @@ def _wait_for(url: str, timeout: float = 90.0) -> httpx.Response:
 
 def test_run_stopped_by_sigterm_stops_dagster_and_the_api(project: Path) -> None:
     """A service manager stops `mirror run` with SIGTERM: nothing may be left serving."""
-    api_port, dagster_port = _free_port(), _free_port()
+    api_port, dagster_port = free_port(), free_port()
     env = {
         **os.environ,
         "MIRROR_DB": str(project / "data" / "mirror.duckdb"),

@@ -16,20 +16,9 @@ import pytest
 from mirror_assets.ops.sql_console import read_only_instance
 from mirror_assets.store.file import Store
 from mirror_assets.store.lock import read_lock
-from tests.support.cli_helpers import dump, fill_mirror, make_project, mirror, table_rows
+from tests.support.cli_helpers import db_of, dump, mirror, table_rows
 
 RECORDS = "SELECT uri, did, collection, rkey, cid, record, rev, time_us FROM records ORDER BY uri"
-
-
-@pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    project = make_project(tmp_path, monkeypatch)
-    fill_mirror(project / "data" / "mirror.duckdb")
-    return project
-
-
-def db_of(project: Path) -> Path:
-    return project / "data" / "mirror.duckdb"
 
 
 def parse_table(text: str) -> list[dict[str, str]]:

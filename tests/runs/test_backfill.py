@@ -26,10 +26,10 @@ from typing import Any, NamedTuple
 
 import pytest
 
+from mirror_assets.atproto.events import CursorGap
 from mirror_assets.atproto.nsids import CollectionFilter
 from mirror_assets.config import BackfillLimits, Settings
 from mirror_assets.model.backfills import due_dids, queue
-from mirror_assets.model.batch import CursorGap
 from mirror_assets.runs.backfill import BackfillReport, run_backfill
 from mirror_assets.store.file import Store
 from tests.support.atproto_server import (
@@ -69,11 +69,6 @@ def plc(name: str) -> str:
 
 
 # -- fixtures and settings ------------------------------------------------------------------
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "mirror.duckdb"
 
 
 def settings_for(

@@ -19,7 +19,7 @@ from mirror_assets.runs.discovery import never_completed, run_discovery
 from mirror_assets.store.file import Store
 from tests.support.atproto_server import AtprotoStandIn
 from tests.support.cli_helpers import mirror
-from tests.support.dagster_helpers import run_job
+from tests.support.dagster_helpers import metadata_of, run_job
 from tests.support.events_factory import CARD, PAGE, create, numbered_did, record_body
 from tests.support.jetstream_server import JetstreamServer
 
@@ -55,7 +55,7 @@ def _tracked_check(result: dg.ExecuteInProcessResult) -> tuple[bool, dict[str, A
         for e in result.get_asset_check_evaluations()
         if e.check_name == "only_tracked_collections"
     ]
-    return evaluation.passed, {key: value.value for key, value in evaluation.metadata.items()}
+    return evaluation.passed, metadata_of(evaluation)
 
 
 def test_a_collection_removed_and_added_back_between_runs(

@@ -7,7 +7,6 @@ real (temporary) Dagster instance.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,35 +15,22 @@ from typing import Any
 import dagster as dg
 import pytest
 
-# Internal, but the only way to build a queued run without a running code server.
-from dagster._core.remote_origin import (
-    InProcessCodeLocationOrigin,
-    RemoteJobOrigin,
-    RemoteRepositoryOrigin,
-)
-from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
-
 from mirror_assets.atproto.nsids import CollectionFilter
 from mirror_assets.config import BackfillLimits, Settings
 from mirror_assets.defs.discovery import discovered_repos
-from mirror_assets.defs.jobs import DISCOVERY_JOB
 from mirror_assets.defs.resources import MirrorResource
 from mirror_assets.defs.sensors import discovery_sensor
+from mirror_assets.names import DISCOVERY_JOB
 from mirror_assets.network.xrpc import UnavailableError
 from mirror_assets.runs.discovery import REPASS_AFTER, CollectionPass, run_discovery
 from mirror_assets.store.file import Store
 from tests.support.atproto_server import LIST_REPOS_BY_COLLECTION, AtprotoStandIn, endpoint_of
+from tests.support.dagster_helpers import add_run, metadata_of
 from tests.support.events_factory import CARD, PAGE, account, create, numbered_did
 from tests.support.store_helpers import apply_events
 
 ATTEMPTS = 3
 plc = numbered_did  # the n-th resolvable did:plc; plc(a) < plc(b) iff a < b
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as instance:
-        yield instance
 
 
 def settings_for(tmp_path: Path, relay: str, collections: str = CARD) -> Settings:
@@ -434,18 +420,7 @@ def evaluate(instance: dg.DagsterInstance, settings: Settings) -> dg.RunRequest 
 
 
 def discovery_run(instance: dg.DagsterInstance, status: dg.DagsterRunStatus) -> dg.DagsterRun:
-    location = InProcessCodeLocationOrigin(
-        loadable_target_origin=LoadableTargetOrigin(module_name="mirror_assets.defs.definitions")
-    )
-    origin = RemoteJobOrigin(
-        repository_origin=RemoteRepositoryOrigin(
-            code_location_origin=location, repository_name="__repository__"
-        ),
-        job_name=DISCOVERY_JOB,
-    )
-    return instance.add_run(
-        dg.DagsterRun(job_name=DISCOVERY_JOB, status=status, remote_job_origin=origin)
-    )
+    return add_run(instance, DISCOVERY_JOB, status)
 
 
 def assert_run_for(result: dg.RunRequest | dg.SkipReason, relay: str, collections: str) -> None:
@@ -506,9 +481,9 @@ def test_discovery_sensor_waits_while_a_discovery_run_is_in_flight(
 # -- the discovered_repos asset ---------------------------------------------------------------
 
 
-def metadata_of(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
+def discovery_metadata(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
     [materialization] = result.asset_materializations_for_node("discovered_repos")
-    return {key: getattr(value, "value", value) for key, value in materialization.metadata.items()}
+    return metadata_of(materialization)
 
 
 def test_the_asset_reports_what_discovery_queued(
@@ -534,7 +509,7 @@ def test_the_asset_reports_what_discovery_queued(
     result = dg.materialize([discovered_repos], resources={"mirror": mirror}, instance=instance)
 
     assert result.success
-    metadata = metadata_of(result)
+    metadata = discovery_metadata(result)
     assert {k: v for k, v in metadata.items() if k != "seconds"} == {
         "collections_passed": 2,
         "passes_complete": 2,

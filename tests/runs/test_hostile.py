@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
 
@@ -61,12 +60,6 @@ def _settings(db: Path, jetstream: str = "ws://127.0.0.1:9", plc: str = "") -> S
         ingest=IngestLimits(idle_seconds=0.5, max_seconds=20),
         backfill=BackfillLimits(http_backoff_seconds=0.01, http_attempts=2),
     )
-
-
-@pytest.fixture
-def instance() -> Any:
-    with dg.instance_for_test() as instance:
-        yield instance
 
 
 def _commit(**changes: Any) -> dict[str, Any]:

@@ -5,12 +5,10 @@ real DNS stand-in on 127.0.0.1."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 import duckdb
-import pytest
 
 from mirror_assets.atproto.nsids import CollectionFilter
 from mirror_assets.config import BackfillLimits, Settings
@@ -23,17 +21,11 @@ from mirror_assets.store.file import Store
 from mirror_assets.store.schema import MIGRATIONS
 from tests.support.atproto_server import PLC, AtprotoStandIn
 from tests.support.dagster_helpers import metadata_of, run_job
-from tests.support.dns_server import DnsStandIn, running_dns
+from tests.support.dns_server import DnsStandIn
 from tests.support.events_factory import CARD, create, identity, numbered_did
 from tests.support.store_helpers import Account, apply_events, snapshot
 
 ALICE, BOB, CAROL = numbered_did(1), numbered_did(2), numbered_did(3)
-
-
-@pytest.fixture
-def dns() -> Iterator[DnsStandIn]:
-    with running_dns() as server:
-        yield server
 
 
 def settings_for(db: Path, net: AtprotoStandIn, dns: DnsStandIn) -> Settings:

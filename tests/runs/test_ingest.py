@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +33,7 @@ from tests.support.events_factory import (
     uri,
 )
 from tests.support.jetstream_server import JetstreamServer, Request
+from tests.support.ports import free_port
 from tests.support.store_helpers import Account, Snapshot, Version, snapshot, store_cursor
 
 ALICE, BOB, CAROL = did("alice"), did("bob"), did("carol")
@@ -56,15 +56,7 @@ def server2() -> Iterator[JetstreamServer]:
 @pytest.fixture
 def refused_url() -> str:
     """A loopback port nobody listens on: connecting is refused at once."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"ws://127.0.0.1:{port}"
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "mirror.duckdb"
+    return f"ws://127.0.0.1:{free_port()}"
 
 
 def settings(

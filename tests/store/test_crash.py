@@ -1,4 +1,4 @@
-"""Crash safety of the ingest (DESIGN section 4, invariant 1), with a real process and SIGKILL.
+"""Crash safety of the ingest (docs/architecture.md, invariant 1), with a real process and SIGKILL.
 
 "A real ingest process is killed with SIGKILL in the middle of a batch; the next run ends in
 exactly the state a run without the crash reaches, with no duplicates and no lost events."

@@ -1,4 +1,5 @@
-"""The single-writer lock (DESIGN section 5) with real processes, real flocks, real DuckDB files.
+"""The single-writer lock (docs/ingest.md, the file lock) with real processes, real flocks
+and real DuckDB files.
 
 Every worker below runs in its own process started with the `spawn` context, so nothing is
 shared with the test process but the lock files, a few multiprocessing events and queues,
@@ -100,11 +101,6 @@ def _gate(db: Path) -> Path:
 
 def _rw(db: Path) -> Path:
     return db.with_name(db.name + ".rw")
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "mirror.duckdb"
 
 
 @pytest.fixture

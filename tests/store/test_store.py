@@ -9,8 +9,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from mirror_assets.atproto.events import CursorGap
 from mirror_assets.model.apply import apply_batch
-from mirror_assets.model.batch import BatchBuilder, CursorGap
+from mirror_assets.model.batch import BatchBuilder
 from mirror_assets.store.file import Store
 from mirror_assets.store.schema import MIGRATIONS, SCHEMA_VERSION, SchemaTooNewError
 from tests.support.events_factory import (
@@ -40,11 +41,6 @@ from tests.support.store_helpers import (
 )
 
 ALICE, BOB, CAROL = did("alice"), did("bob"), did("carol")
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "mirror.duckdb"
 
 
 def apply_in_orders(

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from mirror_assets.config import Settings
 from mirror_assets.model.backfills import queue
 from mirror_assets.store.file import Store
 from tests.support.events_factory import CARD, Event, event_uri
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 TRACKED = "app.blento.card,app.blento.page"
@@ -250,13 +250,6 @@ def resident_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise AssertionError(f"no VmRSS for process {pid}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # --- the writer process of the concurrency test ------------------------------------------

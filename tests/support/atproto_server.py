@@ -30,6 +30,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import msgspec
+
 from tests.support.events_factory import BASE_US, SECOND, cid_of, tid
 
 LIST_RECORDS = "com.atproto.repo.listRecords"
@@ -47,6 +49,13 @@ DID_CONTEXT = [
 MALFORMED_BODY = b'{"records": [{"uri": "at://'  # cut off mid-document: not JSON
 
 Record = tuple[str, "dict[str, Any] | RawJSON"]  # (cid, value)
+
+
+class Commit(msgspec.Struct):
+    """A getLatestCommit answer, as the tests of the XRPC client read it."""
+
+    cid: str
+    rev: str
 
 
 @dataclass(frozen=True)
@@ -160,18 +169,20 @@ class _Handler(BaseHTTPRequestHandler):
         standin._begin(path, query)
         try:
             reply = standin._answer(endpoint_of(path), path, query)
-            try:
-                self.send_response(reply.status)
-                self.send_header("Content-Type", reply.content_type)
-                self.send_header("Content-Length", str(len(reply.body)))
-                for name, value in reply.headers.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(reply.body)
-            except ConnectionError:
-                self.close_connection = True
         finally:
+            # Counted out before the answer leaves: once the client has it, it may send its
+            # next request before this thread would run again.
             standin._end()
+        try:
+            self.send_response(reply.status)
+            self.send_header("Content-Type", reply.content_type)
+            self.send_header("Content-Length", str(len(reply.body)))
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(reply.body)
+        except ConnectionError:
+            self.close_connection = True
 
 
 class AtprotoStandIn:

@@ -37,7 +37,12 @@ def mirror(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str
 
 
 def mirror_env(cwd: Path, **env: str) -> dict[str, str]:
-    return {**os.environ, "MIRROR_DB": str(cwd / "data" / "mirror.duckdb"), **env}
+    return {**os.environ, "MIRROR_DB": str(db_of(cwd)), **env}
+
+
+def db_of(project: Path) -> Path:
+    """The mirror file of a project folder, where `mirror` run in it keeps it (MIRROR_DB)."""
+    return project / "data" / "mirror.duckdb"
 
 
 def make_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

@@ -7,9 +7,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mirror_assets.atproto.events import BadFrame, decode_frame
+from mirror_assets.atproto.events import BadFrame, CursorGap, decode_frame
 from mirror_assets.model.apply import ApplyResult, apply_batch
-from mirror_assets.model.batch import BatchBuilder, CursorGap, EventBatch
+from mirror_assets.model.batch import BatchBuilder, EventBatch
 from mirror_assets.store.file import Store
 from tests.support.events_factory import Event, RecordRow, TombstoneRow, latest_us
 
