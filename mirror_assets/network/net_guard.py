@@ -46,6 +46,13 @@ class LookupFailedError(Exception):
     """A name has no address, or DNS gave no answer in time."""
 
 
+class NoSuchHostError(LookupFailedError):
+    """DNS answered that the name has no address: asking again will not change that soon,
+    so a request to it is not retried."""
+
+
+# getaddrinfo's answers that the name has no address (not "try again later").
+_NO_SUCH_NAME = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _LOOPBACK = ["127.0.0.1", "::1"]
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -124,7 +131,7 @@ class Resolver:
             if isinstance(rdata, dns.rdtypes.IN.A.A | dns.rdtypes.IN.AAAA.AAAA)
         )
         if not addresses:
-            raise LookupFailedError(f"{host} has no address")
+            raise NoSuchHostError(f"{host} has no address")
         return addresses
 
     async def txt(self, name: str) -> list[str]:
@@ -165,7 +172,11 @@ class Resolver:
         try:
             async with asyncio.timeout(self._timeout):
                 infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-        except (OSError, TimeoutError) as error:  # socket.gaierror is an OSError
+        except socket.gaierror as error:
+            if error.errno in _NO_SUCH_NAME:
+                raise NoSuchHostError(f"{host} does not resolve: {error}") from None
+            raise LookupFailedError(f"{host} does not resolve: {error}") from None
+        except (OSError, TimeoutError) as error:
             raise LookupFailedError(f"{host} does not resolve: {error}") from None
         ipv4 = [str(info[4][0]) for info in infos if info[0] == socket.AF_INET]
         others = [str(info[4][0]) for info in infos if info[0] != socket.AF_INET]
@@ -260,6 +271,8 @@ class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
     ) -> httpcore.AsyncNetworkStream:
         try:
             addresses = await self._guard.checked_addresses(host, port)
+        except NoSuchHostError:
+            raise  # final: the client does not retry it (xrpc.py)
         except LookupFailedError as error:
             # Worth retrying like a refused connection: DNS may answer next time.
             raise httpcore.ConnectError(str(error)) from None

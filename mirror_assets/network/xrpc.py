@@ -26,7 +26,7 @@ import httpx
 import msgspec
 
 from mirror_assets.config import BackfillLimits
-from mirror_assets.network.net_guard import AddressGuard, GuardedTransport
+from mirror_assets.network.net_guard import AddressGuard, GuardedTransport, NoSuchHostError
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +235,8 @@ class XrpcClient:
             raise _RetryableError(f"timed out ({type(error).__name__})") from None
         except httpx.TransportError as error:
             raise _RetryableError(f"connection failed ({type(error).__name__}: {error})") from None
+        except NoSuchHostError as error:
+            raise UnavailableError(f"{url}: {error}") from None
         status, host = response.status_code, urlsplit(url).netloc
         if status == 200:
             return body

@@ -15,6 +15,7 @@ from tests.support.atproto_server import (
     LIST_RECORDS,
     LIST_REPOS_BY_COLLECTION,
     PLC,
+    RESOLVE_HANDLE,
     AtprotoStandIn,
 )
 from tests.support.events_factory import BASE_US, CARD, PAGE, cid_of, did, record_body, tid
@@ -412,3 +413,20 @@ def test_latency_delays_every_answer(server: AtprotoStandIn, http: httpx.Client)
     assert list_records(http).status_code == 200
     assert http.get(f"/{ALICE}").status_code == 200
     assert time.monotonic() - started >= 0.4
+
+
+# -- resolveHandle --------------------------------------------------------------------------
+
+
+def test_resolve_handle_answers_the_did_of_a_known_handle_in_any_case(
+    server: AtprotoStandIn, http: httpx.Client
+) -> None:
+    server.add_account(ALICE, handle="alice.test")
+    server.add_account(BOB)
+
+    found = http.get(f"/xrpc/{RESOLVE_HANDLE}", params={"handle": "Alice.TEST"})
+    unknown = http.get(f"/xrpc/{RESOLVE_HANDLE}", params={"handle": "bob.test"})
+
+    assert (found.status_code, found.json()) == (200, {"did": ALICE})
+    assert unknown.status_code == 400
+    assert unknown.json()["error"] == "InvalidRequest"

@@ -25,6 +25,7 @@ from mirror_assets.network.net_guard import (
     AddressGuard,
     GuardedTransport,
     LookupFailedError,
+    NoSuchHostError,
     RefusedAddressError,
     Resolver,
     is_public,
@@ -235,13 +236,25 @@ def test_the_checked_addresses_are_tried_in_turn(dns: DnsStandIn, target: HttpSt
     assert target.requests[0].host == f"two.test:{target.port}"
 
 
-def test_a_name_that_does_not_resolve_is_retried_as_a_connection_failure(
-    dns: DnsStandIn,
-) -> None:
-    with pytest.raises(UnavailableError, match=r"connection failed.*no address.*\(3 attempts\)"):
+def test_a_name_that_does_not_exist_fails_at_once(dns: DnsStandIn) -> None:
+    # DNS answered: no such name. Asking again would only delay the answer (a handle's
+    # HTTPS check of a host that does not exist, a PDS URL with a typo).
+    with pytest.raises(UnavailableError, match=r"nowhere\.test has no address"):
         fetch(guard_for(dns), "http://nowhere.test")
 
-    assert dns.count("nowhere.test", "A") == 3
+    assert dns.count("nowhere.test", "A") == 1
+
+
+def test_a_name_whose_servers_do_not_answer_is_retried_as_a_connection_failure(
+    dns: DnsStandIn,
+) -> None:
+    dns.silence("slow.test")
+    guard = AddressGuard(False, resolver=Resolver([dns.server], timeout_seconds=0.2))
+
+    with pytest.raises(UnavailableError, match=r"connection failed.*\(3 attempts\)"):
+        fetch(guard, "http://slow.test")
+
+    assert dns.count("slow.test", "A") >= 3
 
 
 # -- what the guard lets through ----------------------------------------------------------------
@@ -426,7 +439,7 @@ def test_without_configured_servers_the_system_resolver_reads_etc_hosts() -> Non
 
 
 def test_a_name_the_servers_do_not_know_fails_to_resolve(dns: DnsStandIn) -> None:
-    with pytest.raises(LookupFailedError, match=r"nowhere\.test has no address"):
+    with pytest.raises(NoSuchHostError, match=r"nowhere\.test has no address"):
         asyncio.run(Resolver([dns.server]).addresses("nowhere.test"))
 
 

@@ -37,6 +37,7 @@ from tests.support.events_factory import BASE_US, SECOND, cid_of, tid
 LIST_RECORDS = "com.atproto.repo.listRecords"
 GET_LATEST_COMMIT = "com.atproto.sync.getLatestCommit"
 LIST_REPOS_BY_COLLECTION = "com.atproto.sync.listReposByCollection"
+RESOLVE_HANDLE = "com.atproto.identity.resolveHandle"
 PLC = "plc"
 WEB = "web"
 
@@ -501,6 +502,8 @@ class AtprotoStandIn:
             return self._get_latest_commit(query)
         if endpoint == LIST_REPOS_BY_COLLECTION:
             return self._list_repos_by_collection(query)
+        if endpoint == RESOLVE_HANDLE:
+            return self._resolve_handle(query)
         if endpoint == PLC:
             return self._plc(path[1:])
         if endpoint == WEB:
@@ -575,6 +578,18 @@ class AtprotoStandIn:
             did, repo = found
             digest = hashlib.sha256(f"{did} {repo.rev}".encode()).hexdigest()
             return _json(200, {"cid": "bafyrei" + digest[:40], "rev": repo.rev})
+
+    def _resolve_handle(self, query: dict[str, str]) -> _Reply:
+        """The DID of an account's handle, as a PDS (or an AppView) answers it."""
+        missing = _missing(query, "handle")
+        if missing is not None:
+            return missing
+        handle = query["handle"].lower()
+        with self._lock:
+            did = next((d for d, r in self._repos.items() if r.handle == handle), None)
+        if did is None:
+            return _xrpc_error(400, "InvalidRequest", "Unable to resolve handle")
+        return _json(200, {"did": did})
 
     def _list_repos_by_collection(self, query: dict[str, str]) -> _Reply:
         """Every account with a record of the collection (whatever its status: the relay does not
