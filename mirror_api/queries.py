@@ -233,14 +233,14 @@ def cursor_us(con: duckdb.DuckDBPyConnection) -> int | None:
 
 def backfill_state(con: duckdb.DuckDBPyConnection, collection: str, did: str) -> BackfillState:
     rows = con.execute(
-        f"SELECT status FROM {SCHEMA}.backfills WHERE did = ? AND collection = ?",
+        f"SELECT status, last_error FROM {SCHEMA}.backfills WHERE did = ? AND collection = ?",
         [did, collection],
     ).fetchall()
     if not rows:
-        return BackfillState(did, collection, "unknown")
-    state = str(rows[0][0])
+        return BackfillState(did, collection, "unknown", None)
+    state, error = str(rows[0][0]), rows[0][1]
     status = _CONTRACT_STATUS.get(state, "complete")
-    return BackfillState(did, collection, status, state)
+    return BackfillState(did, collection, status, state, error)
 
 
 def did_of_handle(con: duckdb.DuckDBPyConnection, handle: str) -> str | None:

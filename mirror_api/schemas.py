@@ -38,11 +38,12 @@ class Record(msgspec.Struct, frozen=True):
     time_us: int
 
 
-class BackfillState(msgspec.Struct, frozen=True):
+class BackfillState(msgspec.Struct, frozen=True, omit_defaults=True):
     did: str
     collection: str
     status: str  # unknown | in_progress | complete
-    state: str | None = None  # the mirror's own status (pending, failed, takendown, ...)
+    state: str | None  # the mirror's own status (pending, failed, takendown, ...), or none
+    error: str | None = None  # why it failed or ended; left out when there is none
 
 
 class RecordsPage(msgspec.Struct, frozen=True, omit_defaults=True):

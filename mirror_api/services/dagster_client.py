@@ -69,6 +69,17 @@ query RunsInFlight($filter: RunsFilter!) {
 }
 """
 
+_RUN_STATUS = """
+query RunStatus($runId: ID!) {
+  runOrError(runId: $runId) {
+    __typename
+    ... on Run { status }
+    ... on RunNotFoundError { message }
+    ... on PythonError { message }
+  }
+}
+"""
+
 _PARTITION_THERE = ("AddDynamicPartitionSuccess", "DuplicateDynamicPartitionError")
 
 
@@ -77,7 +88,7 @@ class DagsterRequestError(RuntimeError):
 
 
 class DagsterClient:
-    """A small GraphQL client for the two mutations and the one query the API needs."""
+    """A small GraphQL client for the two mutations and the two queries the API needs."""
 
     def __init__(self, graphql_url: str, timeout: float = 10.0) -> None:
         self.graphql_url = graphql_url
@@ -124,6 +135,16 @@ class DagsterClient:
         if runs["__typename"] != "Runs":
             raise DagsterRequestError(f"counting the API's runs: {runs}")
         return int(runs["count"])
+
+    async def run_in_flight(self, run_id: str) -> bool:
+        """Whether the run is queued, starting or running (not ended, not unknown)."""
+        async with httpx.AsyncClient(timeout=self._timeout) as client:
+            run = await self._call(client, _RUN_STATUS, {"runId": run_id}, "runOrError")
+        if run["__typename"] == "RunNotFoundError":
+            return False
+        if run["__typename"] != "Run":
+            raise DagsterRequestError(f"the status of run {run_id}: {run}")
+        return run.get("status") in IN_FLIGHT_STATUSES
 
     async def _call(
         self, client: httpx.AsyncClient, query: str, variables: dict[str, Any], field: str

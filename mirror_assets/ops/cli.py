@@ -336,6 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # Dagster's storage migrations
     try:
         settings = Settings.from_env()
         return COMMANDS[args.command].run(settings, args)

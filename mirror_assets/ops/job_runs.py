@@ -19,8 +19,6 @@ from pathlib import Path
 import dagster as dg
 
 from mirror_assets.config import Settings
-from mirror_assets.defs.definitions import build_definitions
-from mirror_assets.defs.resources import MirrorResource
 from mirror_assets.names import DIDS, WRITER_TAG
 from mirror_assets.ops.instance import dagster_home
 
@@ -52,10 +50,7 @@ def _utc(timestamp: float | None) -> str:
 
 def job_names(settings: Settings) -> list[str]:
     """The jobs the Definitions declare (not Dagster's implicit asset job)."""
-    # Loading the assets warns about Dagster's beta parameters they use: noise in a status.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", dg.BetaWarning)
-        defs = build_definitions(MirrorResource.from_settings(settings))
+    defs = _definitions(settings)
     return [job.name for job in defs.jobs or ()]
 
 
@@ -90,11 +85,11 @@ def execute_job(
 ) -> int:
     """Run a job in this process, recorded in the instance; print its metadata or error."""
     dagster_home()
-    defs = build_definitions(MirrorResource.from_settings(settings))
+    defs = _definitions(settings)
     job = defs.resolve_job_def(job_name)
     run_config: dict[str, object] = {
         # The run's own event log keeps every detail; the terminal gets the summary.
-        "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+        "loggers": {"console": {"config": {"log_level": "CRITICAL"}}},
     }
     if config is not None:
         run_config["ops"] = {asset: {"config": config}}
@@ -124,3 +119,14 @@ def execute_job(
         error = failure.error.cause or failure.error  # the asset's own error, not the wrapper
         print(f"  error: {error.message.strip()}", file=sys.stderr)
     return 0 if result.success else 1
+
+
+def _definitions(settings: Settings) -> dg.Definitions:
+    """The mirror's definitions. Loading the assets warns about the beta parameters of
+    Dagster's they use: noise in a terminal, so it is silenced here."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        from mirror_assets.defs.definitions import build_definitions
+        from mirror_assets.defs.resources import MirrorResource
+
+        return build_definitions(MirrorResource.from_settings(settings))

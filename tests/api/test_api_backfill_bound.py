@@ -15,9 +15,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import dagster as dg
@@ -30,7 +32,7 @@ from mirror_api.services import backfill_trigger
 from mirror_api.services.backfill_trigger import BackfillTrigger
 from mirror_api.services.dagster_client import DagsterClient
 from mirror_assets.config import Settings
-from tests.support.api_helpers import ROOT, api_client, settings_for
+from tests.support.api_helpers import ROOT, api_client, set_backfill, settings_for
 from tests.support.events_factory import CARD, create, did
 from tests.support.ports import free_port
 from tests.support.store_helpers import apply_events
@@ -161,8 +163,14 @@ def _settings(db: Path, dagster: Dagster, in_flight: int) -> Settings:
 
 
 def _ask(client: Client, did_: str) -> dict[str, object]:
+    """A first page with `?did=`; returns once the API's ask to Dagster, if any, is over
+    (the request itself stops waiting for it after API_BACKFILL_WAIT_SECONDS)."""
     response = client.get(f"/records/{CARD}", params={"did": did_})
     assert response.status_code == 200, response.text
+    deadline = time.monotonic() + 20
+    while _trigger(client).asks_under_way:
+        assert time.monotonic() < deadline, "the ask to Dagster did not finish"
+        time.sleep(0.02)
     body: dict[str, object] = response.json()
     return body
 
@@ -296,3 +304,141 @@ def test_the_memory_of_asks_is_bounded_the_oldest_forgotten_first(
         assert _trigger(client).remembered_asks == 2
     assert [len(dagster.runs_of(user)) for user in (oldest, middle, newest)] == [2, 1, 1]
     dagster.cancel_api_runs()
+
+
+# -- waiting only while waiting can help ------------------------------------------------------
+
+
+def _patient(db: Path, dagster_url: str, wait: float = 10.0) -> Settings:
+    """`?did=` waits up to `wait` seconds: long enough that answering at once shows."""
+    return replace(
+        settings_for(db, backfill_wait_seconds=wait),
+        dagster_url=dagster_url,
+        api_backfills_in_flight=100,
+    )
+
+
+def _timed_ask(client: Client, did_: str) -> tuple[float, dict[str, object]]:
+    started = time.monotonic()
+    body = _ask(client, did_)
+    return time.monotonic() - started, body
+
+
+@pytest.mark.parametrize(
+    ("state", "status", "error"),
+    [
+        ("failed", "in_progress", "https://pds.example/xrpc/...: server error 502 (5 attempts)"),
+        ("takendown", "complete", "RepoTakendown: Repo has been takendown"),
+    ],
+)
+def test_a_failed_or_ended_backfill_answers_at_once_with_its_error(
+    dagster: Dagster, db: Path, state: str, status: str, error: str
+) -> None:
+    user = did(f"settled{state}")
+    set_backfill(db, user, CARD, state, error)
+    with api_client(_patient(db, dagster.url)) as client:
+        seconds, body = _timed_ask(client, user)
+    assert seconds < 2.0
+    assert body["backfill"] == {
+        "did": user,
+        "collection": CARD,
+        "status": status,
+        "state": state,
+        "error": error,
+    }
+    assert dagster.runs_of(user) == []  # the sensor retries a failure after its delay
+
+
+def test_the_wait_ends_when_the_run_asked_for_ends_without_the_backfill(
+    dagster: Dagster, db: Path
+) -> None:
+    dagster.cancel_api_runs()
+    user = did("canceled")
+    answers: list[tuple[float, dict[str, object]]] = []
+    with api_client(_patient(db, dagster.url)) as client:
+        asking = threading.Thread(target=lambda: answers.append(_timed_ask(client, user)))
+        asking.start()
+        dagster.wait_for_runs(user, 1)
+        dagster.cancel_api_runs()  # as a run that failed before claiming the backfill
+        asking.join(timeout=15)
+    [(seconds, body)] = answers
+    assert seconds < 5.0  # the run's end is seen within RUN_CHECK_SECONDS, not after 10 s
+    assert body["backfill"] == {"did": user, "collection": CARD, "status": "unknown", "state": None}
+
+
+class _FlakyProxy:
+    """A real HTTP server in front of Dagster's GraphQL API that answers 503 to the first
+    `failures` requests, as a webserver still starting does, then forwards them."""
+
+    def __init__(self, target: str, failures: int) -> None:
+        self.failures, self.refused, self.forwarded = failures, 0, 0
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                if proxy.refused < proxy.failures:
+                    proxy.refused += 1
+                    self._reply(503, b"starting")
+                    return
+                proxy.forwarded += 1
+                answer = httpx.post(
+                    f"{target}{self.path}",
+                    content=body,
+                    headers={"content-type": "application/json"},
+                    timeout=30,
+                )
+                self._reply(answer.status_code, answer.content)
+
+            def _reply(self, status: int, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_an_ask_dagster_cannot_take_yet_is_tried_again_while_the_request_waits(
+    dagster: Dagster, db: Path
+) -> None:
+    dagster.cancel_api_runs()
+    user = did("retried")
+    proxy = _FlakyProxy(dagster.url, failures=3)
+    answers: list[tuple[float, dict[str, object]]] = []
+    try:
+        with api_client(_patient(db, proxy.url)) as client:
+            asking = threading.Thread(target=lambda: answers.append(_timed_ask(client, user)))
+            asking.start()
+            dagster.wait_for_runs(user, 1)
+            dagster.cancel_api_runs()
+            asking.join(timeout=15)
+            assert _trigger(client).remembered_asks == 1
+    finally:
+        proxy.close()
+    assert proxy.refused == 3 and proxy.forwarded >= 2  # counted, then launched
+    assert len(dagster.runs_of(user)) == 1
+    assert len(answers) == 1
+
+
+def test_an_ask_dagster_never_took_is_not_remembered(db: Path) -> None:
+    user = did("unheard")
+    never = _FlakyProxy("http://127.0.0.1:9", failures=1_000_000)  # 503 to every request
+    try:
+        with api_client(_patient(db, never.url, wait=2.0)) as client:
+            seconds, body = _timed_ask(client, user)
+            assert _trigger(client).remembered_asks == 0  # the next request asks again
+    finally:
+        never.close()
+    assert never.refused >= 3  # tried again while the request waited
+    assert seconds < 3.0
+    assert body["backfill"] == {"did": user, "collection": CARD, "status": "unknown", "state": None}

@@ -125,3 +125,11 @@ def test_dagster_yaml_limits_each_writer_job_and_only_those() -> None:
         assert job.tags.get(WRITER_TAG) == value, (value, job.tags)
     writers = {job.name for job in defs.resolve_all_job_defs() if WRITER_TAG in job.tags}
     assert writers == set(limited)
+
+
+def test_the_instance_greets_no_browser_with_a_dialog(tmp_path: Path) -> None:
+    """dagster.yaml turns the UI's "join the community" dialog off: an operator's UI is
+    opened by many browsers, each would get it."""
+    (tmp_path / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        assert instance.nux_enabled is False

@@ -117,6 +117,10 @@ def test_ingest_with_no_jetstream_fails_with_a_clear_error(project: Path) -> Non
     assert "error: " in run.stderr
     assert "no Jetstream endpoint answered" in run.stderr
     assert "check JETSTREAM_URLS" in run.stderr
+    # The terminal gets the one-line error; Dagster's stack trace stays in the run's log.
+    output = run.stdout + run.stderr
+    assert "Stack Trace" not in output and "Traceback" not in output
+    assert "BetaWarning" not in output and "alembic" not in output
     assert run_statuses(project) == [dg.DagsterRunStatus.FAILURE]
 
 

@@ -106,13 +106,16 @@ def walk(
         assert pages < 10_000, "the walk does not end"
 
 
-def set_backfill(db_path: Path, did: str, collection: str, status: str) -> None:
-    """Give (did, collection) a backfill row in the given status, through the write path."""
+def set_backfill(
+    db_path: Path, did: str, collection: str, status: str, error: str | None = None
+) -> None:
+    """Give (did, collection) a backfill row in the given status (and last error), through
+    the write path."""
     with Store(db_path).writing() as tx:
         queue(tx.con, [(did, collection)])
         tx.con.execute(
-            "UPDATE backfills SET status = ? WHERE did = ? AND collection = ?",
-            [status, did, collection],
+            "UPDATE backfills SET status = ?, last_error = ? WHERE did = ? AND collection = ?",
+            [status, error, did, collection],
         )
 
 
