@@ -188,6 +188,21 @@ class CheckLimits(_Limits):
     }
 
 
+class HistoryLimits(_Limits):
+    """How long Dagster keeps the runs it made, and when its history is too large
+    (docs/operations.md)."""
+
+    keep_success_days: float = 3.0  # a successful run's events and logs, after it ended
+    keep_failure_days: float = 30.0  # a failed or canceled one's
+    warn_bytes: int = 2 * 1024**3  # DAGSTER_HOME larger than this warns
+
+    VARIABLES: ClassVar[dict[str, str]] = {
+        "keep_success_days": "HISTORY_KEEP_SUCCESS_DAYS",
+        "keep_failure_days": "HISTORY_KEEP_FAILURE_DAYS",
+        "warn_bytes": "HISTORY_WARN_BYTES",
+    }
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the mirror needs to know about where it reads and writes."""
@@ -217,6 +232,7 @@ class Settings:
     ingest: IngestLimits = field(default_factory=IngestLimits)
     backfill: BackfillLimits = field(default_factory=BackfillLimits)
     checks: CheckLimits = field(default_factory=CheckLimits)
+    history: HistoryLimits = field(default_factory=HistoryLimits)
 
     @property
     def dagster_graphql_url(self) -> str:
@@ -264,4 +280,5 @@ class Settings:
             ingest=IngestLimits.from_env(),
             backfill=BackfillLimits.from_env(),
             checks=CheckLimits.from_env(),
+            history=HistoryLimits.from_env(),
         )

@@ -17,6 +17,7 @@ IDENTITIES_JOB = "identities"
 CHECKS_JOB = "checks"
 EXPORT_JOB = "export"
 RECLUSTER_JOB = "recluster"
+HISTORY_JOB = "history"
 
 WRITER_TAG = "mirror/writer"
 REQUESTED_BY_TAG = "mirror/requested_by"  # on every run the API launches, with "api"

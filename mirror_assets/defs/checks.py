@@ -114,3 +114,7 @@ def _finding_metadata(finding: checks.Finding) -> dict[str, Any]:
         "where": dg.MetadataValue.json(finding.sample),
         "by_kind": dg.MetadataValue.json(finding.by_kind),
     }
+
+
+# The checks of the mirror's data, for the definitions and for what the history keeps.
+DATA_CHECKS = (cursor_fresh, records_integrity, few_failed_backfills)

@@ -6,9 +6,10 @@ import dagster as dg
 
 from mirror_assets.defs.analytics import collection_summaries, daily_activity
 from mirror_assets.defs.backfill import did_backfill, pds
-from mirror_assets.defs.checks import cursor_fresh, few_failed_backfills, records_integrity
+from mirror_assets.defs.checks import DATA_CHECKS
 from mirror_assets.defs.discovery import discovered_repos, relay
 from mirror_assets.defs.exports import parquet_exports
+from mirror_assets.defs.history import dagster_history, history_size
 from mirror_assets.defs.identities import account_identities, identity_sources
 from mirror_assets.defs.ingest import jetstream, records
 from mirror_assets.defs.jobs import (
@@ -16,6 +17,7 @@ from mirror_assets.defs.jobs import (
     checks_job,
     discovery_job,
     export_job,
+    history_job,
     identities_job,
     ingest_job,
     recluster_job,
@@ -25,6 +27,7 @@ from mirror_assets.defs.schedules import (
     checks_hourly,
     discovery_daily,
     exports_schedule,
+    history_daily,
     ingest_every_minute,
     recluster_daily,
 )
@@ -45,8 +48,9 @@ def build_definitions(mirror: MirrorResource) -> dg.Definitions:
             collection_summaries,
             daily_activity,
             parquet_exports,
+            dagster_history,
         ],
-        asset_checks=[cursor_fresh, records_integrity, few_failed_backfills],
+        asset_checks=[*DATA_CHECKS, history_size],
         jobs=[
             ingest_job,
             backfill_job,
@@ -55,6 +59,7 @@ def build_definitions(mirror: MirrorResource) -> dg.Definitions:
             checks_job,
             export_job,
             recluster_job,
+            history_job,
         ],
         schedules=[
             ingest_every_minute,
@@ -62,6 +67,7 @@ def build_definitions(mirror: MirrorResource) -> dg.Definitions:
             checks_hourly,
             exports_schedule(mirror.export_cron),
             recluster_daily,
+            history_daily,
         ],
         sensors=[backfill_sensor, discovery_sensor, identity_sensor],
         resources={"mirror": mirror},

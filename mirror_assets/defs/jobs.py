@@ -9,6 +9,7 @@ from mirror_assets.defs.checks import cursor_fresh, few_failed_backfills, record
 from mirror_assets.defs.clustering import recluster_records
 from mirror_assets.defs.discovery import discovered_repos
 from mirror_assets.defs.exports import parquet_exports
+from mirror_assets.defs.history import dagster_history
 from mirror_assets.defs.identities import account_identities
 from mirror_assets.defs.ingest import records
 from mirror_assets.names import (
@@ -16,6 +17,7 @@ from mirror_assets.names import (
     CHECKS_JOB,
     DISCOVERY_JOB,
     EXPORT_JOB,
+    HISTORY_JOB,
     IDENTITIES_JOB,
     INGEST_JOB,
     RECLUSTER_JOB,
@@ -82,6 +84,15 @@ export_job = dg.define_asset_job(
     EXPORT_JOB,
     selection=[parquet_exports],
     description="Parquet snapshots of every tracked collection, for analysts.",
+    executor_def=dg.in_process_executor,
+)
+
+
+# Dagster's own storage, not the DuckDB file: no writer slot.
+history_job = dg.define_asset_job(
+    HISTORY_JOB,
+    selection=[dagster_history],
+    description="Delete old runs from Dagster's history, keeping those the assets' history needs.",
     executor_def=dg.in_process_executor,
 )
 

@@ -7,7 +7,13 @@ from pathlib import Path
 import dagster as dg
 
 from mirror_assets.atproto.nsids import CollectionFilter
-from mirror_assets.config import BackfillLimits, CheckLimits, IngestLimits, Settings
+from mirror_assets.config import (
+    BackfillLimits,
+    CheckLimits,
+    HistoryLimits,
+    IngestLimits,
+    Settings,
+)
 
 
 # Each group of limits as nested config: the same fields, shown and set in the launchpad.
@@ -23,13 +29,17 @@ class ChecksConfig(dg.Config, CheckLimits):
     """CHECK_*: when the asset checks warn and when they fail."""
 
 
+class HistoryConfig(dg.Config, HistoryLimits):
+    """HISTORY_*: how long Dagster keeps the runs it made."""
+
+
 class MirrorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     """Where the mirror reads (Jetstream, PLC, PDSes, the relay) and writes (the DuckDB file),
     with its ingest, backfill and check limits and where its Parquet snapshots go.
 
     Defaults come from the environment (COLLECTIONS, JETSTREAM_URLS, MIRROR_DB, PLC_URL,
     RELAY_URL, MIRROR_ALLOW_PRIVATE_NETWORK, DNS_SERVERS, HANDLE_RESOLVER_URL, EXPORT_DIR,
-    EXPORT_CRON, INGEST_*, BACKFILL_*, CHECK_*) when the code location loads; see
+    EXPORT_CRON, INGEST_*, BACKFILL_*, CHECK_*, HISTORY_*) when the code location loads; see
     `MirrorResource.from_env`.
     """
 
@@ -46,6 +56,7 @@ class MirrorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     ingest: IngestConfig = IngestConfig()
     backfill: BackfillLimitsConfig = BackfillLimitsConfig()
     checks: ChecksConfig = ChecksConfig()
+    history: HistoryConfig = HistoryConfig()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MirrorResource:
@@ -63,6 +74,7 @@ class MirrorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             ingest=IngestConfig(**settings.ingest.model_dump()),
             backfill=BackfillLimitsConfig(**settings.backfill.model_dump()),
             checks=ChecksConfig(**settings.checks.model_dump()),
+            history=HistoryConfig(**settings.history.model_dump()),
         )
 
     @classmethod
@@ -84,6 +96,7 @@ class MirrorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             ingest=self.ingest,
             backfill=self.backfill,
             checks=self.checks,
+            history=self.history,
         )
 
 

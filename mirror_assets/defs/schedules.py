@@ -9,6 +9,7 @@ from mirror_assets.defs.jobs import (
     checks_job,
     discovery_job,
     export_job,
+    history_job,
     in_flight,
     ingest_job,
     recluster_job,
@@ -63,6 +64,14 @@ recluster_daily = _running(
     recluster_job,
     "23 3 * * *",
     "Once a day: put the rows backfills added out of time order back in order.",
+)
+
+
+history_daily = _running(
+    "history_daily",
+    history_job,
+    "47 2 * * *",
+    "Once a day: delete old runs from Dagster's history (HISTORY_KEEP_*_DAYS).",
 )
 
 

@@ -34,6 +34,7 @@ def test_definitions_load_with_the_lineage_the_data_follows() -> None:
         "collection_stats",
         "daily_activity",
         "parquet_exports",
+        "dagster_history",
     }
     assert _parents("records") == {"jetstream"}
     assert _parents("discovered_repos") == {"relay"}
