@@ -356,8 +356,11 @@ def _wait_for(url: str, timeout: float = 90.0) -> httpx.Response:
         time.sleep(0.5)
 
 
-def test_run_stopped_by_sigterm_stops_dagster_and_the_api(project: Path) -> None:
-    """A service manager stops `mirror run` with SIGTERM: nothing may be left serving."""
+def test_run_starts_a_child_that_dies_again_and_sigterm_stops_everything(
+    project: Path, tmp_path: Path
+) -> None:
+    """`mirror run` keeps its children up: a killed API is started again. A service manager
+    stops it with SIGTERM: nothing may be left serving."""
     api_port, dagster_port = free_port(), free_port()
     env = {
         **os.environ,
@@ -367,12 +370,20 @@ def test_run_stopped_by_sigterm_stops_dagster_and_the_api(project: Path) -> None
         "JETSTREAM_URLS": "ws://127.0.0.1:9",
         "RELAY_URL": "http://127.0.0.1:9",
     }
-    process = subprocess.Popen(
-        [MIRROR, "run"], cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
-    )
+    output = tmp_path / "run.log"
+    with output.open("wb") as log:
+        process = subprocess.Popen(
+            [MIRROR, "run"], cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
     try:
         _wait_for(f"http://127.0.0.1:{api_port}/health")
         _wait_for(f"http://127.0.0.1:{dagster_port}/server_info")
+        [api] = _children_of(process.pid, "mirror_assets.ops.cli api")
+        os.kill(api, signal.SIGKILL)
+        _wait_for(f"http://127.0.0.1:{api_port}/health")  # started again
+        [again] = _children_of(process.pid, "mirror_assets.ops.cli api")
+        assert again != api
+        assert "api exited with -9; starting it again" in output.read_text()
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
     finally:
@@ -382,3 +393,20 @@ def test_run_stopped_by_sigterm_stops_dagster_and_the_api(project: Path) -> None
     for port in (api_port, dagster_port):
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
+
+
+def _children_of(pid: int, command: str) -> list[int]:
+    """The processes whose parent is `pid` and whose command line holds `command`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:  # gone meanwhile
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == pid and command in cmdline:
+            found.append(int(entry.name))
+    return found
