@@ -18,7 +18,7 @@ from mirror_assets.ops.instance import dagster_home_path
 from mirror_assets.ops.sql_console import FORMATS, QueryLimits, format_result, run_query
 from mirror_assets.ops.status import format_status, read_status
 from mirror_assets.ops.supervisor import run_services
-from mirror_assets.store.file import Store
+from mirror_assets.store.file import DiskFullError, Store
 from mirror_assets.store.lock import LockTimeoutError
 
 
@@ -340,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
         return COMMANDS[args.command].run(settings, args)
-    except (CommandError, ConfigError, ValueError, LockTimeoutError) as error:
+    except (CommandError, ConfigError, ValueError, LockTimeoutError, DiskFullError) as error:
         print(f"mirror {args.command}: {error}", file=sys.stderr)
         return 2
 

@@ -22,6 +22,13 @@ from mirror_assets.store.schema import SCHEMA_VERSION, current_version, drop_all
 R = TypeVar("R")
 
 
+_NO_SPACE = "No space left on device"  # the operating system's words, in DuckDB's errors
+
+
+class DiskFullError(Exception):
+    """A write transaction failed because the file's disk is full; nothing was written."""
+
+
 @dataclass
 class Transaction:
     """An open write transaction and how long it waited for the lock."""
@@ -39,21 +46,34 @@ class Store:
 
     @contextmanager
     def writing(self) -> Iterator[Transaction]:
-        """One write transaction under the write lock; commits on success, rolls back on error."""
+        """One write transaction under the write lock; commits on success, rolls back on error.
+
+        A disk that is full fails the transaction, which leaves the file as it was:
+        DiskFullError says so.
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with write_lock(self.path, self.lock_timeout) as wait:
-            con = self._connect(read_only=False)
-            try:
-                con.execute("BEGIN TRANSACTION")
-                migrate(con)
+        try:
+            with write_lock(self.path, self.lock_timeout) as wait:
+                con = self._connect(read_only=False)
                 try:
-                    yield Transaction(con, wait)
-                except BaseException:
-                    con.execute("ROLLBACK")
-                    raise
-                con.execute("COMMIT")
-            finally:
-                con.close()
+                    con.execute("BEGIN TRANSACTION")
+                    migrate(con)
+                    try:
+                        yield Transaction(con, wait)
+                    except BaseException:
+                        con.execute("ROLLBACK")
+                        raise
+                    con.execute("COMMIT")
+                finally:
+                    con.close()
+        except duckdb.Error as error:
+            if _NO_SPACE not in str(error):
+                raise
+            raise DiskFullError(
+                f"{self.path}: its disk is full ({error}). The transaction was rolled back: "
+                "nothing was lost, and once there is space the next run goes on from the last "
+                "commit"
+            ) from error
 
     def transact(self, write: Callable[[duckdb.DuckDBPyConnection], R]) -> tuple[R, float]:
         """Run `write(con)` in one write transaction; what it returned, and the seconds it

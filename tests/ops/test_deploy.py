@@ -138,8 +138,12 @@ def test_the_units_serve_and_the_schedule_ingests(
         return [record["did"] for record in records] == [alice]
 
     _until(ingested, 150)
-    runs = _graphql(dagster, _INGEST_RUNS)["runsOrError"]["results"]
-    assert "SUCCESS" in {run["status"] for run in runs}
+
+    def ingest_run_succeeded() -> bool:  # after `records`, the run goes on with the summaries
+        runs = _graphql(dagster, _INGEST_RUNS)["runsOrError"]
+        return "SUCCESS" in {run["status"] for run in runs["results"]}
+
+    _until(ingest_run_succeeded, 60)
 
 
 def _graphql(url: str, query: str) -> dict[str, object]:
