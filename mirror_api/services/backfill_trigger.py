@@ -54,17 +54,6 @@ FULL_RECHECK_SECONDS = 1.0
 POLL_SECONDS = 0.25  # how often a waiting request reads the backfill's status
 RUN_CHECK_SECONDS = 1.0  # and asks Dagster whether the run it waits for is still going
 RETRY_ASK_SECONDS = 0.5  # how soon an ask Dagster could not take is tried again
-# The mirror's statuses that waiting cannot change: the sensor retries a failed backfill
-# after its delay, and an ended one waits for something to start a new pass.
-_SETTLED = {
-    "complete",
-    "failed",
-    "not_found",
-    "takendown",
-    "suspended",
-    "deactivated",
-    "tombstoned",
-}
 
 
 class BackfillTrigger:
@@ -227,4 +216,6 @@ class BackfillTrigger:
 
 
 def _settled(state: BackfillState) -> bool:
-    return state.status == "complete" or state.state in _SETTLED
+    """Whether waiting cannot change the backfill: complete or ended by its repository (the
+    contract's `complete`, queries.py), or failed (the sensor retries it after its delay)."""
+    return state.status == "complete" or state.state == "failed"
