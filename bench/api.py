@@ -46,7 +46,7 @@ import httpx
 
 from mirror_assets.analytics.clustering import recluster
 from mirror_assets.analytics.summaries import rebuild_summaries
-from mirror_assets.store.file import Store
+from mirror_assets.store.file import FileStore
 from mirror_assets.store.schema import migrate
 
 OUT = Path(__file__).parent / "out"
@@ -122,7 +122,7 @@ def build(path: Path, records: int) -> None:
 
 def write_loop(path: str, stop_at: float, report: str) -> None:
     """The writer process: 1,000 new records every 5 seconds, each batch one transaction."""
-    store, waits, offset = Store(Path(path)), [], 10**9
+    store, waits, offset = FileStore(Path(path)), [], 10**9
     while time.time() < stop_at:
         with store.writing() as tx:
             tx.con.execute(
@@ -233,7 +233,7 @@ def main() -> None:
     work.parent.mkdir(parents=True)
     shutil.copyfile(source, work)
     # As the ingest job leaves it: migrated to this schema, summaries current.
-    with Store(work).writing() as tx:
+    with FileStore(work).writing() as tx:
         rebuild_summaries(tx.con)
     with duckdb.connect(str(work), read_only=True) as con:
         heavy = con.execute(
@@ -304,7 +304,7 @@ def reclustered(source: Path) -> Path:
     if not target.exists():
         partial = target.with_name(target.name + ".partial")
         shutil.copyfile(source, partial)
-        report = recluster(Store(partial))
+        report = recluster(FileStore(partial))
         partial.rename(target)
         print(
             f"reclustered {source.name}: {report.rows_moved:,} rows in {report.slices_moved} "

@@ -40,7 +40,7 @@ from mirror_assets.atproto.nsids import CollectionFilter
 from mirror_assets.config import BackfillLimits, Settings
 from mirror_assets.model.backfills import queue
 from mirror_assets.runs.backfill import run_backfill
-from mirror_assets.store.file import Store
+from mirror_assets.store.file import FileStore
 from tests.support.events_factory import numbered_did, tid
 
 OUT = Path(__file__).parent / "out"
@@ -113,7 +113,7 @@ def mirror(plc: str, dids: int, db: Path) -> tuple[int, float, dict[str, int | f
         allow_private_network=True,
         backfill=BackfillLimits(run_seconds=3600),
     )
-    store = Store(db)
+    store = FileStore(db)
     everyone = [numbered_did(d) for d in range(dids)]
     with store.writing() as tx:
         queue(tx.con, [(did, COLLECTION) for did in everyone])

@@ -64,7 +64,7 @@ from mirror_assets.model import accounts, backfills, cursor, records
 from mirror_assets.model.batch import BatchBuilder
 from mirror_assets.network.jetstream import JetstreamReader
 from mirror_assets.runs.ingest import run_ingest
-from mirror_assets.store.file import Store
+from mirror_assets.store.file import FileStore
 
 OUT = Path(__file__).resolve().parent / "out"
 TRACKED = CollectionFilter.parse(synth.TRACKED)
@@ -163,9 +163,9 @@ class Probe:
             probe.statements["connect"] += time.perf_counter() - started
             return TimedConnection(con)
 
-        real_transact = Store.transact
+        real_transact = FileStore.transact
 
-        def transact(store: Store, write: Any) -> Any:
+        def transact(store: FileStore, write: Any) -> Any:
             started = time.monotonic()
             commit_before = probe.statements["commit"]
             result, waited = real_transact(store, write)
@@ -191,12 +191,12 @@ class Probe:
         shim = SimpleNamespace(connect=connect, DuckDBPyConnection=duckdb.DuckDBPyConnection)
         saved = (
             store_module.duckdb,
-            Store.transact,
+            FileStore.transact,
             ingest_module.BatchBuilder,
             ingest_module.JetstreamReader,
         )
         store_module.duckdb = shim  # type: ignore[assignment]
-        Store.transact = transact  # type: ignore[method-assign]
+        FileStore.transact = transact  # type: ignore[method-assign]
         ingest_module.BatchBuilder = TimedBuilder  # type: ignore[misc]
         ingest_module.JetstreamReader = TimedReader  # type: ignore[misc]
         try:
@@ -204,7 +204,7 @@ class Probe:
         finally:
             (
                 store_module.duckdb,
-                Store.transact,  # type: ignore[method-assign]
+                FileStore.transact,  # type: ignore[method-assign]
                 ingest_module.BatchBuilder,
                 ingest_module.JetstreamReader,
             ) = saved
@@ -363,7 +363,7 @@ def preload(
 ) -> dict[str, float]:
     """Schema, accounts and backfills for every DID, then `records` rows by Arrow INSERT."""
     remove_db(db)
-    Store(db).init()
+    FileStore(db).init()
     started = time.perf_counter()
     dids = synth.make_dids(spec.dids, spec.seed)
     con = duckdb.connect(str(db))

@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 
-from mirror_assets.store.file import Store
+from mirror_assets.store.file import FileStore
 from tests.support.deploy_units import UNITS, local_environment, start_unit, stop_unit
 from tests.support.events_factory import CARD, create, delete, did, update
 from tests.support.jetstream_server import JetstreamServer
@@ -295,7 +295,7 @@ def _report(
     stream: Stream,
     caught_up: bool,
 ) -> None:
-    with Store(folder / "mirror.duckdb").reading() as con:
+    with FileStore(folder / "mirror.duckdb").reading() as con:
         stored = {uri for (uri,) in con.execute("SELECT uri FROM records").fetchall()}
     expected = {uri for uri, live in stream.expected.items() if live}
     print("== summary")

@@ -96,6 +96,64 @@ def _name_servers(value: str) -> tuple[str, ...]:
     return entries
 
 
+LAKE_PREFIX = "ducklake:"
+
+
+def _store(value: str, data_path: str) -> str:
+    """MIRROR_STORE: empty or `file` for the file, `ducklake:<catalog>` with a data path."""
+    value = value.strip()
+    if value in ("", "file"):
+        return ""
+    if not value.startswith(LAKE_PREFIX) or value == LAKE_PREFIX:
+        raise ConfigError(
+            f"MIRROR_STORE={value!r} must be `file` or `ducklake:<catalog>`, for example "
+            "ducklake:postgres:dbname=mirror host=db.internal"
+        )
+    if not data_path.strip():
+        raise ConfigError(
+            "MIRROR_STORE names a DuckLake: set MIRROR_DATA_PATH to the folder or "
+            "s3://bucket/prefix/ its Parquet files go to"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class LakeLocation:
+    """A DuckLake: its catalog (what follows `ducklake:` in DuckDB's ATTACH, such as
+    `postgres:dbname=mirror host=...`) and the folder or `s3://` prefix of its data files."""
+
+    catalog: str
+    data_path: str
+
+
+@dataclass(frozen=True)
+class S3Access:
+    """How the lake reaches an S3-compatible store: the usual AWS variables, and an
+    endpoint for stores other than AWS (MinIO, R2, Ceph). Read from the environment when
+    the lake is opened, so keys never enter Dagster's run config."""
+
+    key_id: str = ""
+    secret: str = ""
+    region: str = "us-east-1"
+    endpoint: str = ""  # host[:port]; "" is AWS itself
+    use_ssl: bool = True
+    url_style: str = "path"
+
+    @classmethod
+    def from_env(cls) -> S3Access:
+        get = os.environ.get
+        endpoint = get("MIRROR_S3_ENDPOINT", "")
+        scheme, _, host = endpoint.rpartition("://")
+        return cls(
+            key_id=get("AWS_ACCESS_KEY_ID", ""),
+            secret=get("AWS_SECRET_ACCESS_KEY", ""),
+            region=get("AWS_REGION", "") or get("AWS_DEFAULT_REGION", "") or cls.region,
+            endpoint=host,
+            use_ssl=scheme != "http",
+            url_style=get("MIRROR_S3_URL_STYLE", "") or cls.url_style,
+        )
+
+
 def _cron(name: str, value: str) -> str:
     """A five-field cron expression, checked only for its shape: Dagster parses the rest."""
     if len(value.split()) != 5:
@@ -212,6 +270,10 @@ class Settings:
     )
     jetstream_urls: tuple[str, ...] = _split(DEFAULT_JETSTREAM_URLS)
     db_path: Path = Path("data/mirror.duckdb")
+    # MIRROR_STORE: "" keeps the mirror in the file at db_path; "ducklake:<catalog>" in a
+    # DuckLake whose Parquet files go to data_path (docs/scale-out.md).
+    store: str = ""
+    data_path: str = ""
     plc_url: str = "https://plc.directory"
     relay_url: str = "https://relay1.us-east.bsky.network"
     allow_private_network: bool = False
@@ -235,6 +297,18 @@ class Settings:
     history: HistoryLimits = field(default_factory=HistoryLimits)
 
     @property
+    def lake(self) -> LakeLocation | None:
+        """The DuckLake the mirror lives in, or None for the file at `db_path`."""
+        if not self.store:
+            return None
+        return LakeLocation(self.store.removeprefix(LAKE_PREFIX), self.data_path)
+
+    @property
+    def store_name(self) -> str:
+        """The store as messages name it: the file, or the lake's data path."""
+        return str(self.db_path) if self.lake is None else f"the lake at {self.data_path}"
+
+    @property
     def dagster_graphql_url(self) -> str:
         base = self.dagster_url or f"http://127.0.0.1:{self.dagster_port}"
         return f"{base.rstrip('/')}/graphql"
@@ -256,6 +330,8 @@ class Settings:
             collections=CollectionFilter.parse(get("COLLECTIONS", "") or DEFAULT_COLLECTIONS),
             jetstream_urls=urls,
             db_path=Path(get("MIRROR_DB", "") or "data/mirror.duckdb"),
+            store=_store(get("MIRROR_STORE", ""), get("MIRROR_DATA_PATH", "")),
+            data_path=get("MIRROR_DATA_PATH", ""),
             plc_url=get("PLC_URL", "") or cls.plc_url,
             relay_url=get("RELAY_URL", "") or cls.relay_url,
             allow_private_network=get("MIRROR_ALLOW_PRIVATE_NETWORK", "") == "1",

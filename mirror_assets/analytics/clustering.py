@@ -23,7 +23,7 @@ from itertools import pairwise
 
 import duckdb
 
-from mirror_assets.store.file import Store
+from mirror_assets.store.file import FileStore
 
 ROWS_PER_SLICE = 200_000
 _LOWEST, _HIGHEST = -(2**63), 2**63 - 1
@@ -86,7 +86,7 @@ def plan_slices(con: duckdb.DuckDBPyConnection, rows_per_slice: int) -> list[Sli
     return slices
 
 
-def recluster(store: Store, rows_per_slice: int = ROWS_PER_SLICE) -> ClusterReport:
+def recluster(store: FileStore, rows_per_slice: int = ROWS_PER_SLICE) -> ClusterReport:
     """Put every slice that is out of time order back in order, a transaction per slice."""
     started = time.perf_counter()
     report = ClusterReport()
@@ -103,7 +103,7 @@ def recluster(store: Store, rows_per_slice: int = ROWS_PER_SLICE) -> ClusterRepo
     return report
 
 
-def _recluster_slice(store: Store, part: Slice) -> tuple[int, float]:
+def _recluster_slice(store: FileStore, part: Slice) -> tuple[int, float]:
     """Rows moved (0 when the slice was in order) and how long the transaction took."""
     started = time.perf_counter()
     with store.writing() as tx:

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mirror_assets.config import Settings
-from mirror_assets.store.file import Store
+from mirror_assets.store.choice import open_store
+from mirror_assets.store.contract import MirrorStore
 
 FILE_NAME = "records.parquet"
 PREFIX = "collection="
@@ -49,7 +50,7 @@ class ExportReport:
 
 def export_parquet(settings: Settings) -> ExportReport:
     """Write a snapshot of every tracked collection that has records; drop stale ones."""
-    store = Store(settings.db_path)
+    store = open_store(settings)
     settings.export_dir.mkdir(parents=True, exist_ok=True)
     exports = [
         _export_one(store, collection, settings.export_dir)
@@ -59,7 +60,7 @@ def export_parquet(settings: Settings) -> ExportReport:
     return ExportReport(exports, removed)
 
 
-def _tracked_collections(store: Store, settings: Settings) -> list[str]:
+def _tracked_collections(store: MirrorStore, settings: Settings) -> list[str]:
     with store.reading() as con:
         rows = con.execute("SELECT DISTINCT collection FROM records ORDER BY 1").fetchall()
     # `matches` takes only NSIDs (letters, digits, hyphens and dots, no empty segment): a
@@ -67,7 +68,7 @@ def _tracked_collections(store: Store, settings: Settings) -> list[str]:
     return [name for (name,) in rows if settings.collections.matches(name)]
 
 
-def _export_one(store: Store, collection: str, root: Path) -> CollectionExport:
+def _export_one(store: MirrorStore, collection: str, root: Path) -> CollectionExport:
     folder = root / f"{PREFIX}{collection}"
     folder.mkdir(exist_ok=True)
     final = folder / FILE_NAME

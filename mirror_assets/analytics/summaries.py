@@ -12,8 +12,11 @@ first rebuild, the API counts live.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import duckdb
+
+from mirror_assets.store.schema import set_meta
 
 _REBUILD = """
 DELETE FROM user_counts;
@@ -29,7 +32,6 @@ INSERT INTO collection_stats
           FROM user_counts GROUP BY collection) u
     JOIN (SELECT collection, min(time_us) AS first, max(time_us) AS last
           FROM records GROUP BY collection) t USING (collection);
-INSERT OR REPLACE INTO meta VALUES ('summaries_refreshed_at', now()::VARCHAR);
 """
 
 
@@ -42,6 +44,7 @@ class SummaryCounts:
 def rebuild_summaries(con: duckdb.DuckDBPyConnection) -> SummaryCounts:
     """Rebuild both summaries from the `records` view, in the caller's transaction."""
     con.execute(_REBUILD)
+    set_meta(con, "summaries_refreshed_at", datetime.now(UTC).isoformat())
     collections, users = con.execute(
         "SELECT (SELECT count(*) FROM collection_stats), (SELECT count(*) FROM user_counts)"
     ).fetchall()[0]

@@ -11,7 +11,7 @@ from mirror_assets.analytics.summaries import rebuild_summaries
 from mirror_assets.defs.backfill import did_backfill
 from mirror_assets.defs.ingest import records
 from mirror_assets.defs.resources import MirrorResource
-from mirror_assets.store.file import Store
+from mirror_assets.store.choice import open_store
 
 ANALYTICS = "analytics"
 
@@ -42,7 +42,7 @@ ANALYTICS = "analytics"
     ],
 )
 def collection_summaries(mirror: MirrorResource) -> Iterator[dg.MaterializeResult[None]]:
-    with Store(mirror.settings().db_path).writing() as tx:
+    with open_store(mirror.settings()).writing() as tx:
         counts = rebuild_summaries(tx.con)
     yield dg.MaterializeResult(
         asset_key="user_counts", metadata={"dagster/row_count": counts.user_rows}
@@ -64,7 +64,7 @@ def collection_summaries(mirror: MirrorResource) -> Iterator[dg.MaterializeResul
     ),
 )
 def daily_activity(mirror: MirrorResource) -> dg.MaterializeResult[None]:
-    with Store(mirror.settings().db_path).writing() as tx:
+    with open_store(mirror.settings()).writing() as tx:
         counts = roll_up_activity(tx.con)
     return dg.MaterializeResult(
         metadata={

@@ -16,7 +16,7 @@ from mirror_assets.atproto.cursor_time import cursor_iso, cursor_lag_seconds
 from mirror_assets.defs.backfill import did_backfill
 from mirror_assets.defs.ingest import records
 from mirror_assets.defs.resources import MirrorResource
-from mirror_assets.store.file import Store
+from mirror_assets.store.choice import open_store
 
 WARN = dg.AssetCheckSeverity.WARN
 ERROR = dg.AssetCheckSeverity.ERROR
@@ -32,7 +32,7 @@ ERROR = dg.AssetCheckSeverity.ERROR
 )
 def cursor_fresh(mirror: MirrorResource) -> dg.AssetCheckResult:
     settings = mirror.settings()
-    cursor = Store(settings.db_path).cursor_us()
+    cursor = open_store(settings).cursor_us()
     lag = cursor_lag_seconds(cursor, time.time())
     if cursor is None or lag is None:
         return dg.AssetCheckResult(
@@ -69,7 +69,7 @@ INTEGRITY = {
 )
 def records_integrity(mirror: MirrorResource) -> Iterator[dg.AssetCheckResult]:
     settings = mirror.settings()
-    with Store(settings.db_path).reading() as con:
+    with open_store(settings).reading() as con:
         findings = {
             "uris_match_keys": checks.uris_off_their_keys(con),
             "only_tracked_collections": checks.untracked_rows(con, settings.collections),
@@ -96,7 +96,7 @@ def records_integrity(mirror: MirrorResource) -> Iterator[dg.AssetCheckResult]:
 )
 def few_failed_backfills(mirror: MirrorResource) -> dg.AssetCheckResult:
     settings = mirror.settings()
-    with Store(settings.db_path).reading() as con:
+    with open_store(settings).reading() as con:
         finding = checks.failed_backfills(con)
     limits = settings.checks
     metadata = _finding_metadata(finding)

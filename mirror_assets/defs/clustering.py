@@ -8,12 +8,12 @@ import dagster as dg
 
 from mirror_assets.analytics.clustering import recluster
 from mirror_assets.defs.resources import MirrorResource
-from mirror_assets.store.file import Store
+from mirror_assets.store.file import FileStore
 
 
 @dg.op(description="Rewrite the slices of `record_versions` that are out of time order.")
 def recluster_records(context: dg.OpExecutionContext, mirror: MirrorResource) -> None:
-    report = recluster(Store(mirror.settings().db_path))
+    report = recluster(FileStore(mirror.settings().db_path))
     context.log.info(
         f"{report.slices_moved} of {report.slices} slices moved ({report.rows_moved} rows) in "
         f"{report.seconds:.1f} s; longest transaction {report.longest_transaction_seconds:.1f} s"

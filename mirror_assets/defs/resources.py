@@ -37,13 +37,16 @@ class MirrorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     """Where the mirror reads (Jetstream, PLC, PDSes, the relay) and writes (the DuckDB file),
     with its ingest, backfill and check limits and where its Parquet snapshots go.
 
-    Defaults come from the environment (COLLECTIONS, JETSTREAM_URLS, MIRROR_DB, PLC_URL,
+    Defaults come from the environment (COLLECTIONS, JETSTREAM_URLS, MIRROR_DB, MIRROR_STORE,
+    MIRROR_DATA_PATH, PLC_URL,
     RELAY_URL, MIRROR_ALLOW_PRIVATE_NETWORK, DNS_SERVERS, HANDLE_RESOLVER_URL, EXPORT_DIR,
     EXPORT_CRON, INGEST_*, BACKFILL_*, CHECK_*, HISTORY_*) when the code location loads; see
     `MirrorResource.from_env`.
     """
 
     db_path: str
+    store: str = ""  # MIRROR_STORE: "" is the file at db_path, else `ducklake:<catalog>`
+    data_path: str = ""  # MIRROR_DATA_PATH: where a lake's Parquet files go
     collections: str
     jetstream_urls: str  # comma separated
     plc_url: str = Settings.plc_url
@@ -62,6 +65,8 @@ class MirrorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     def from_settings(cls, settings: Settings) -> MirrorResource:
         return cls(
             db_path=str(settings.db_path),
+            store=settings.store,
+            data_path=settings.data_path,
             collections=str(settings.collections),
             jetstream_urls=",".join(settings.jetstream_urls),
             plc_url=settings.plc_url,
@@ -86,6 +91,8 @@ class MirrorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             collections=CollectionFilter.parse(self.collections),
             jetstream_urls=_split(self.jetstream_urls),
             db_path=Path(self.db_path),
+            store=self.store,
+            data_path=self.data_path,
             plc_url=self.plc_url,
             relay_url=self.relay_url,
             allow_private_network=self.allow_private_network,

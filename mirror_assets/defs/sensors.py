@@ -25,7 +25,7 @@ from mirror_assets.model.accounts import stale_identities
 from mirror_assets.model.backfills import due_dids
 from mirror_assets.names import BACKFILL_JOB, DIDS, DISCOVERY_JOB, IDENTITIES_JOB, PARTITION_TAG
 from mirror_assets.runs.discovery import never_completed
-from mirror_assets.store.file import Store
+from mirror_assets.store.choice import open_store
 
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
@@ -43,7 +43,7 @@ def backfill_sensor(
     context: dg.SensorEvaluationContext, mirror: MirrorResource
 ) -> dg.SensorResult | dg.SkipReason:
     settings = mirror.settings()
-    with Store(settings.db_path).reading() as con:
+    with open_store(settings).reading() as con:
         # A file written before DIDs were checked at the door may hold others; a strict DID
         # never holds `...`, Dagster's range separator.
         due = [did for did in due_dids(con) if is_did(did)]
@@ -113,7 +113,7 @@ def discovery_sensor(
     context: dg.SensorEvaluationContext, mirror: MirrorResource
 ) -> dg.RunRequest | dg.SkipReason:
     settings = mirror.settings()
-    with Store(settings.db_path).reading() as con:
+    with open_store(settings).reading() as con:
         new = never_completed(con, settings)
     if not new:
         return dg.SkipReason("every tracked collection has a complete pass on the relay")
@@ -133,7 +133,7 @@ def discovery_sensor(
 def identity_sensor(
     context: dg.SensorEvaluationContext, mirror: MirrorResource
 ) -> dg.RunRequest | dg.SkipReason:
-    with Store(mirror.settings().db_path).reading() as con:
+    with open_store(mirror.settings()).reading() as con:
         marked = len(stale_identities(con, 1))
     if not marked:
         return dg.SkipReason("no identity is marked for a check")

@@ -15,14 +15,19 @@ import duckdb
 import pyarrow as pa
 
 # DIDs of a query (`did`, `first_seen_us`) the mirror does not hold yet get an active
-# account. Their identity and account events count from `first_seen_us` on.
-_REGISTER = """
-INSERT INTO accounts (did, status, hidden, first_seen_us, first_seen_at, updated_at)
-SELECT did, 'active', false, min(first_seen_us), now(), now()
+# account. Their identity and account events count from `first_seen_us` on. The new DIDs
+# are found first and then inserted (the lake has no RETURNING, docs/scale-out.md).
+_FIND_NEW = """
+CREATE TEMP TABLE new_accounts AS
+SELECT did, min(first_seen_us) AS first_seen_us
 FROM ({dids})
 WHERE did NOT IN (SELECT did FROM accounts)
 GROUP BY did
-RETURNING did
+"""
+
+_REGISTER = """
+INSERT INTO accounts (did, status, hidden, first_seen_us, first_seen_at, updated_at)
+SELECT did, 'active', false, first_seen_us, now(), now() FROM new_accounts
 """
 
 
@@ -120,19 +125,31 @@ def register(con: duckdb.DuckDBPyConnection, dids: Sequence[str]) -> int:
     Their identity and account events count from now on, as for a DID first seen now.
     """
     con.register("new_dids", pa.table({"did": pa.array(dids, pa.string())}))
-    rows = con.execute(
-        _REGISTER.format(dids="SELECT did, $now_us AS first_seen_us FROM new_dids"),
+    new = _register(
+        con,
+        "SELECT did, $now_us AS first_seen_us FROM new_dids",
         {"now_us": int(time.time() * 1_000_000)},
-    ).fetchall()
+    )
     con.unregister("new_dids")
-    return len(rows)
+    return len(new)
 
 
 def register_live(con: duckdb.DuckDBPyConnection) -> list[str]:
     """Give the DIDs with a live record among `batch_commits` an account, first seen at that
     record's time; the DIDs that were new."""
-    dids = "SELECT did, time_us AS first_seen_us FROM batch_commits WHERE NOT deleted"
-    return [row[0] for row in con.execute(_REGISTER.format(dids=dids)).fetchall()]
+    return _register(
+        con, "SELECT did, time_us AS first_seen_us FROM batch_commits WHERE NOT deleted"
+    )
+
+
+def _register(
+    con: duckdb.DuckDBPyConnection, dids: str, params: dict[str, object] | None = None
+) -> list[str]:
+    con.execute(_FIND_NEW.format(dids=dids), params).fetchall()
+    con.execute(_REGISTER).fetchall()
+    new = [row[0] for row in con.execute("SELECT did FROM new_accounts ORDER BY did").fetchall()]
+    con.execute("DROP TABLE new_accounts")
+    return new
 
 
 # --- lifecycle -----------------------------------------------------------------------------

@@ -43,13 +43,19 @@ _NEW_PASS = """status = 'pending', pds_cursor = NULL, repo_rev = NULL, pages = 0
     attempts = 0, next_attempt_at = NULL, last_error = NULL, updated_at = now()"""
 
 # Backfills for (did, collection) pairs of a query, for DIDs the mirror holds and has not
-# deleted; pairs already known are left as they are.
+# deleted; pairs already known are left as they are. An anti-join, not ON CONFLICT, and a
+# count before the insert, not RETURNING: the lake has neither (docs/scale-out.md).
+_FIND_UNQUEUED = """
+CREATE TEMP TABLE unqueued AS
+SELECT DISTINCT w.did, w.collection
+FROM ({pairs}) w JOIN accounts a ON a.did = w.did AND a.status <> 'deleted'
+WHERE NOT EXISTS (
+    SELECT 1 FROM backfills b WHERE b.did = w.did AND b.collection = w.collection)
+"""
+
 _QUEUE = """
 INSERT INTO backfills (did, collection, status, updated_at)
-SELECT DISTINCT w.did, w.collection, 'pending', now()
-FROM ({pairs}) w JOIN accounts a ON a.did = w.did AND a.status <> 'deleted'
-ON CONFLICT DO NOTHING
-RETURNING did
+SELECT did, collection, 'pending', now() FROM unqueued
 """
 
 # A pass writes only while its row is still claimed by it: a cursor gap or an operator may
@@ -78,7 +84,13 @@ UPDATE backfills SET
     updated_at = now()
 FROM progress p, backfills b
 WHERE backfills.did = b.did AND backfills.collection = b.collection AND {STILL_CLAIMED}
-RETURNING backfills.did, backfills.collection, backfills.status
+"""
+
+# The pairs whose pass completes with this progress, read before it is written (the lake has
+# no RETURNING).
+_COMPLETING = f"""
+SELECT p.did, p.collection FROM progress p, backfills b
+WHERE p.status = 'complete' AND {STILL_CLAIMED}
 """
 
 
@@ -128,15 +140,22 @@ def queue(con: duckdb.DuckDBPyConnection, pairs: Sequence[tuple[str, str]]) -> i
             }
         ),
     )
-    rows = con.execute(_QUEUE.format(pairs="SELECT did, collection FROM wanted")).fetchall()
+    queued = _queue(con, "SELECT did, collection FROM wanted")
     con.unregister("wanted")
-    return len(rows)
+    return queued
 
 
 def queue_live(con: duckdb.DuckDBPyConnection) -> None:
     """Queue a backfill per (did, collection) with a live record among `batch_commits`."""
-    pairs = "SELECT did, collection FROM batch_commits WHERE NOT deleted"
-    con.execute(_QUEUE.format(pairs=pairs)).fetchall()
+    _queue(con, "SELECT did, collection FROM batch_commits WHERE NOT deleted")
+
+
+def _queue(con: duckdb.DuckDBPyConnection, pairs: str) -> int:
+    con.execute(_FIND_UNQUEUED.format(pairs=pairs)).fetchall()
+    con.execute(_QUEUE).fetchall()
+    queued = int(con.execute("SELECT count(*) FROM unqueued").fetchall()[0][0])
+    con.execute("DROP TABLE unqueued")
+    return queued
 
 
 # --- new passes ----------------------------------------------------------------------------
@@ -224,14 +243,20 @@ def claim(
         _restart_asked(con, restart)
     con.register("claimed_dids", pa.table({"did": pa.array(dids, pa.string())}))
     _forget_untracked(con, collections)
+    due = f"did IN (SELECT did FROM claimed_dids) AND {_IS_DUE}"
+    # Read before the claim is written: the lake has no RETURNING. A pass that starts over
+    # (no page cursor) starts with no rev.
     rows = con.execute(
+        "SELECT did, collection, pds_cursor, CASE WHEN pds_cursor IS NULL THEN NULL"
+        f" ELSE repo_rev END FROM backfills WHERE {due}"
+    ).fetchall()
+    con.execute(
         f"""
         UPDATE backfills SET status = 'in_progress', updated_at = now(),
             pages = CASE WHEN pds_cursor IS NULL THEN 0 ELSE pages END,
             records = CASE WHEN pds_cursor IS NULL THEN 0 ELSE records END,
             repo_rev = CASE WHEN pds_cursor IS NULL THEN NULL ELSE repo_rev END
-        WHERE did IN (SELECT did FROM claimed_dids) AND {_IS_DUE}
-        RETURNING did, collection, pds_cursor, repo_rev
+        WHERE {due}
         """
     ).fetchall()
     con.unregister("claimed_dids")
@@ -255,8 +280,9 @@ def _forget_untracked(con: duckdb.DuckDBPyConnection, collections: CollectionFil
 def record_progress(con: duckdb.DuckDBPyConnection, retry_seconds: float) -> list[tuple[str, str]]:
     """Fold the registered `progress` table (a row per listing a group of reports touched)
     into the rows its passes still hold; the (did, collection) pairs now complete."""
-    updated = con.execute(_RECORD_PROGRESS, {"retry": retry_seconds}).fetchall()
-    return [(did, collection) for did, collection, status in updated if status == "complete"]
+    completing = con.execute(_COMPLETING).fetchall()
+    con.execute(_RECORD_PROGRESS, {"retry": retry_seconds}).fetchall()
+    return [(did, collection) for did, collection in completing]
 
 
 def done_dids(con: duckdb.DuckDBPyConnection, dids: Sequence[str]) -> list[str]:

@@ -14,13 +14,17 @@ import pyarrow as pa
 from mirror_assets.atproto.events import CursorGap
 
 _MOVE = """
-INSERT INTO ingest_state VALUES (1, $cursor, $endpoint, now())
-ON CONFLICT (id) DO UPDATE SET
-    cursor_us = greatest(ingest_state.cursor_us, excluded.cursor_us),
+MERGE INTO ingest_state
+USING (SELECT 1 AS id, $cursor::BIGINT AS cursor_us, $endpoint::VARCHAR AS endpoint) AS new
+USING (id)
+WHEN MATCHED THEN UPDATE SET
+    cursor_us = greatest(ingest_state.cursor_us, new.cursor_us),
     -- The endpoint names the clock the cursor was read on: it changes with the cursor.
-    endpoint = CASE WHEN excluded.cursor_us >= ingest_state.cursor_us
-        THEN excluded.endpoint ELSE ingest_state.endpoint END,
-    updated_at = excluded.updated_at
+    endpoint = CASE WHEN new.cursor_us >= ingest_state.cursor_us
+        THEN new.endpoint ELSE ingest_state.endpoint END,
+    updated_at = now()
+WHEN NOT MATCHED THEN INSERT (id, cursor_us, endpoint, updated_at)
+    VALUES (1, new.cursor_us, new.endpoint, now())
 """
 
 _RECORD_GAPS = """

@@ -11,21 +11,23 @@ from datetime import datetime
 import duckdb
 
 _RECORD_PAGE = """
-INSERT INTO discovery_state VALUES
-    ($collection, $relay, $cursor, $listed, $queued, now(),
-     CASE WHEN $cursor IS NULL THEN now() END, now())
-ON CONFLICT (collection) DO UPDATE SET
-    relay = excluded.relay,
-    cursor = excluded.cursor,
-    repos_listed = CASE WHEN $first THEN excluded.repos_listed
-        ELSE discovery_state.repos_listed + excluded.repos_listed END,
-    dids_queued = CASE WHEN $first THEN excluded.dids_queued
-        ELSE discovery_state.dids_queued + excluded.dids_queued END,
-    pass_started_at = CASE WHEN $first THEN now()
-        ELSE discovery_state.pass_started_at END,
-    completed_at = CASE WHEN excluded.cursor IS NULL THEN now()
+MERGE INTO discovery_state
+USING (SELECT $collection::VARCHAR AS collection, $relay::VARCHAR AS relay,
+    $cursor::VARCHAR AS cursor, $listed::BIGINT AS listed, $queued::BIGINT AS queued) AS page
+USING (collection)
+WHEN MATCHED THEN UPDATE SET
+    relay = page.relay,
+    cursor = page.cursor,
+    repos_listed = CASE WHEN $first THEN page.listed
+        ELSE discovery_state.repos_listed + page.listed END,
+    dids_queued = CASE WHEN $first THEN page.queued
+        ELSE discovery_state.dids_queued + page.queued END,
+    pass_started_at = CASE WHEN $first THEN now() ELSE discovery_state.pass_started_at END,
+    completed_at = CASE WHEN page.cursor IS NULL THEN now()
         ELSE discovery_state.completed_at END,
     updated_at = now()
+WHEN NOT MATCHED THEN INSERT VALUES (page.collection, page.relay, page.cursor, page.listed,
+    page.queued, now(), CASE WHEN page.cursor IS NULL THEN now() END, now())
 """
 
 Position = tuple[str, str | None, datetime | None]  # relay, cursor, completed_at

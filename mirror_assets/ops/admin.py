@@ -1,7 +1,7 @@
 """What the operator's commands check and write beyond the model's rules: `mirror purge`
 and the times `mirror reset-cursor` takes.
 
-A function that writes runs in the caller's write transaction (`Store.writing()`), so an
+A function that writes runs in the caller's write transaction (`FileStore.writing()`), so an
 operation either happens whole or not at all, and reports what it changed.
 """
 

@@ -18,7 +18,8 @@ from mirror_assets.ops.instance import dagster_home_path
 from mirror_assets.ops.sql_console import FORMATS, QueryLimits, format_result, run_query
 from mirror_assets.ops.status import format_status, read_status
 from mirror_assets.ops.supervisor import run_services
-from mirror_assets.store.file import DiskFullError, Store
+from mirror_assets.store.choice import open_store
+from mirror_assets.store.file import DiskFullError
 from mirror_assets.store.lock import LockTimeoutError
 
 
@@ -69,13 +70,13 @@ def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
 
 def _collections_of(settings: Settings, did: str) -> list[str]:
     """The tracked exact collections, and those the DID already has a backfill of."""
-    with Store(settings.db_path).reading() as con:
+    with open_store(settings).reading() as con:
         known = {c for c in backfills.collections_of(con, did) if settings.collections.matches(c)}
     return sorted(settings.collections.exact | known)
 
 
 def cmd_init(settings: Settings, _: argparse.Namespace) -> int:
-    Store(settings.db_path).init()
+    open_store(settings).init()
     print(f"{settings.db_path}: schema ready")
     return 0
 
@@ -101,7 +102,7 @@ def cmd_reset(settings: Settings, args: argparse.Namespace) -> int:
         f"Delete every record, cursor and backfill in {settings.db_path}?",
     ):
         return 1
-    Store(settings.db_path).reset()
+    open_store(settings).reset()
     print(f"{settings.db_path}: all data dropped, schema recreated; the next ingest starts live")
     return 0
 
@@ -116,7 +117,7 @@ def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
         f"in {settings.db_path}?",
     ):
         return 1
-    with Store(settings.db_path).writing() as tx:
+    with open_store(settings).writing() as tx:
         removed = admin.purge_collection(tx.con, collection)
     print(f"{collection}: {sum(removed.values())} rows removed from {settings.db_path}")
     width = max(map(len, removed), default=0)
@@ -151,7 +152,7 @@ def cmd_reset_cursor(settings: Settings, args: argparse.Namespace) -> int:
     )
     if not _confirmed(args, "moves the ingest cursor", question):
         return 1
-    with Store(settings.db_path).writing() as tx:
+    with open_store(settings).writing() as tx:
         old = cursor.set_cursor(tx.con, target)
     print(f"cursor: {admin.cursor_text(old)} -> {admin.cursor_text(target)}")
     for line in admin.cursor_notes(old, target, time.time()):
@@ -173,7 +174,7 @@ def cmd_reset_backfills(settings: Settings, args: argparse.Namespace) -> int:
     which = _selection_text(selection)
     if not _confirmed(args, f"restarts {which}", f"Restart {which} from their first page?"):
         return 1
-    with Store(settings.db_path).writing() as tx:
+    with open_store(settings).writing() as tx:
         before = backfills.restart(tx.con, selection)
     if not before:
         print(f"no backfills match ({which}): nothing changed")
@@ -213,7 +214,7 @@ def cmd_status(settings: Settings, _: argparse.Namespace) -> int:
     from mirror_assets.ops.job_runs import job_names, last_runs
 
     # The file first, under its read lock; then Dagster's storage, with the file let go.
-    with Store(settings.db_path).reading() as con:
+    with open_store(settings).reading() as con:
         status = read_status(con)
     print(format_status(settings, status))
     home = dagster_home_path()

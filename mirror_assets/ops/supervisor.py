@@ -20,7 +20,7 @@ from pathlib import Path
 from mirror_assets.config import Settings
 from mirror_assets.ops.errors import CommandError
 from mirror_assets.ops.instance import dagster_home
-from mirror_assets.store.file import Store
+from mirror_assets.store.choice import open_store
 
 POLL_SECONDS = 0.5
 MAX_RESTARTS = 5
@@ -58,7 +58,7 @@ def run_services(settings: Settings) -> int:
     if not Path("workspace.yaml").is_file():
         raise CommandError("no workspace.yaml here: run `mirror run` from the project's root")
     home = dagster_home()
-    Store(settings.db_path).init()
+    open_store(settings).init()
     # Dagster runs in DAGSTER_HOME (it warns about a dagster.yaml in any other working
     # folder), so every path it inherits must be absolute.
     env = {**os.environ, "DAGSTER_HOME": str(home), "MIRROR_DB": str(settings.db_path.absolute())}

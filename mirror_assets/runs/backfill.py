@@ -42,8 +42,9 @@ from mirror_assets.network.net_guard import AddressGuard
 from mirror_assets.network.pds import RecordEntry, RefusedAnswerError, latest_rev, list_records
 from mirror_assets.network.xrpc import Politeness, UnavailableError, XrpcClient, XrpcError
 from mirror_assets.runs.identities import checked_identity
+from mirror_assets.store.choice import open_store
 from mirror_assets.store.committer import Committer
-from mirror_assets.store.file import Store
+from mirror_assets.store.contract import MirrorStore
 
 log = logging.getLogger(__name__)
 
@@ -115,15 +116,15 @@ def run_backfill(
     settings: Settings,
     dids: Sequence[str],
     restart: Sequence[tuple[str, str]] = (),
-    store: Store | None = None,
+    store: MirrorStore | None = None,
 ) -> BackfillReport:
     """Backfill the due listings of `dids` (and list the `restart` pairs anew); blocking."""
-    return asyncio.run(backfill(settings, store or Store(settings.db_path), dids, restart))
+    return asyncio.run(backfill(settings, store or open_store(settings), dids, restart))
 
 
 async def backfill(
     settings: Settings,
-    store: Store,
+    store: MirrorStore,
     dids: Sequence[str],
     restart: Sequence[tuple[str, str]] = (),
 ) -> BackfillReport:
@@ -162,7 +163,7 @@ async def backfill(
 
 
 def _claim(
-    store: Store,
+    store: MirrorStore,
     dids: Sequence[str],
     collections: CollectionFilter,
     restart: Sequence[tuple[str, str]],
@@ -173,7 +174,7 @@ def _claim(
         return tasks, cached_pdses(tx.con, [task.did for task in tasks], ttl)
 
 
-def _done_dids(store: Store, dids: Sequence[str]) -> list[str]:
+def _done_dids(store: MirrorStore, dids: Sequence[str]) -> list[str]:
     with store.reading() as con:
         return done_dids(con, dids)
 
@@ -315,7 +316,7 @@ class ProgressWriter:
     resumes on the next run.
     """
 
-    def __init__(self, store: Store, retry_seconds: float, report: BackfillReport) -> None:
+    def __init__(self, store: MirrorStore, retry_seconds: float, report: BackfillReport) -> None:
         self._committer = Committer(store)
         self._retry_seconds = retry_seconds
         self._report = report

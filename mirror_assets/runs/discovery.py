@@ -28,7 +28,8 @@ from mirror_assets.model import discovery
 from mirror_assets.model.backfills import queue
 from mirror_assets.network.net_guard import AddressGuard
 from mirror_assets.network.xrpc import Politeness, XrpcClient
-from mirror_assets.store.file import Store
+from mirror_assets.store.choice import open_store
+from mirror_assets.store.contract import MirrorStore
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +97,11 @@ def never_completed(con: duckdb.DuckDBPyConnection, settings: Settings) -> list[
     return sorted(settings.collections.exact - done)
 
 
-def run_discovery(settings: Settings, store: Store | None = None) -> DiscoveryReport:
-    return asyncio.run(discover(settings, store or Store(settings.db_path)))
+def run_discovery(settings: Settings, store: MirrorStore | None = None) -> DiscoveryReport:
+    return asyncio.run(discover(settings, store or open_store(settings)))
 
 
-async def discover(settings: Settings, store: Store) -> DiscoveryReport:
+async def discover(settings: Settings, store: MirrorStore) -> DiscoveryReport:
     started = time.monotonic()
     report = DiscoveryReport(not_discoverable=[f"{p}*" for p in settings.collections.prefixes])
     with store.reading() as con:
@@ -117,7 +118,7 @@ async def discover(settings: Settings, store: Store) -> DiscoveryReport:
 
 
 async def _pass(
-    client: XrpcClient, store: Store, relay: str, state: CollectionPass, cursor: str | None
+    client: XrpcClient, store: MirrorStore, relay: str, state: CollectionPass, cursor: str | None
 ) -> None:
     url = f"{relay.rstrip('/')}/xrpc/com.atproto.sync.listReposByCollection"
     while True:
@@ -140,7 +141,7 @@ async def _pass(
 
 
 def _commit_page(
-    store: Store,
+    store: MirrorStore,
     relay: str,
     state: CollectionPass,
     dids: list[str],

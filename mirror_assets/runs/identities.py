@@ -27,7 +27,8 @@ from mirror_assets.network.handles import HandleVerifier
 from mirror_assets.network.identity import resolve
 from mirror_assets.network.net_guard import AddressGuard
 from mirror_assets.network.xrpc import Politeness, XrpcClient
-from mirror_assets.store.file import Store
+from mirror_assets.store.choice import open_store
+from mirror_assets.store.contract import MirrorStore
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +68,11 @@ async def checked_identity(
     return Resolved(did, identity.pds, handle)
 
 
-def run_identity_checks(settings: Settings, store: Store | None = None) -> IdentityReport:
-    return asyncio.run(check_identities(settings, store or Store(settings.db_path)))
+def run_identity_checks(settings: Settings, store: MirrorStore | None = None) -> IdentityReport:
+    return asyncio.run(check_identities(settings, store or open_store(settings)))
 
 
-async def check_identities(settings: Settings, store: Store) -> IdentityReport:
+async def check_identities(settings: Settings, store: MirrorStore) -> IdentityReport:
     started = time.monotonic()
     with store.reading() as con:
         dids = stale_identities(con, IDENTITIES_PER_RUN)
@@ -101,7 +102,7 @@ async def check_identities(settings: Settings, store: Store) -> IdentityReport:
     return report
 
 
-def _record(store: Store, resolved: Sequence[Resolved], checked: Sequence[str]) -> None:
+def _record(store: MirrorStore, resolved: Sequence[Resolved], checked: Sequence[str]) -> None:
     """Write what was found, and end the check of every DID taken on."""
     with store.writing() as tx:
         record_identities(tx.con, resolved)

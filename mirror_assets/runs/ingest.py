@@ -20,8 +20,9 @@ from mirror_assets.config import Settings
 from mirror_assets.model.apply import ApplyResult, apply_batch
 from mirror_assets.model.batch import BatchBuilder, EventBatch
 from mirror_assets.network.jetstream import JetstreamReader, JetstreamUnavailableError, ReadStats
+from mirror_assets.store.choice import open_store
 from mirror_assets.store.committer import Committer
-from mirror_assets.store.file import Store
+from mirror_assets.store.contract import MirrorStore
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +78,9 @@ class IngestReport:
         return summary
 
 
-def run_ingest(settings: Settings, store: Store | None = None) -> IngestReport:
+def run_ingest(settings: Settings, store: MirrorStore | None = None) -> IngestReport:
     """Run one ingest cycle to completion (blocking)."""
-    return asyncio.run(ingest(settings, store or Store(settings.db_path)))
+    return asyncio.run(ingest(settings, store or open_store(settings)))
 
 
 class BatchWriter:
@@ -89,7 +90,7 @@ class BatchWriter:
     mirror to, so a crash leaves the file at the end of some batch.
     """
 
-    def __init__(self, store: Store, report: IngestReport) -> None:
+    def __init__(self, store: MirrorStore, report: IngestReport) -> None:
         self._committer = Committer(store)
         self._report = report
         self._in_flight: asyncio.Future[tuple[ApplyResult, float]] | None = None
@@ -121,7 +122,7 @@ class BatchWriter:
             report.cursor_after = max(report.cursor_after or 0, result.cursor_us)
 
 
-async def ingest(settings: Settings, store: Store) -> IngestReport:
+async def ingest(settings: Settings, store: MirrorStore) -> IngestReport:
     started = time.monotonic()
     started_us = time.time_ns() // 1000
     cursor_before = await asyncio.to_thread(store.cursor_us)

@@ -2,8 +2,8 @@
 
 Ingest and backfill runs read the network on the event loop and hand each batch of work
 to a committer, which runs it as one write transaction in a worker thread while the loop
-goes on reading. Transactions start no sooner than READER_WINDOW_SECONDS after the previous
-one ended: back to back, they would keep the file from readers, who poll the lock.
+goes on reading. Transactions start no sooner than the store's `reader_window` after the
+previous one ended: back to back, they would keep the file from readers, who poll its lock.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ from typing import TypeVar
 
 import duckdb
 
-from mirror_assets.store.file import Store
-from mirror_assets.store.lock import READER_WINDOW_SECONDS
+from mirror_assets.store.contract import MirrorStore
 
 R = TypeVar("R")
 
@@ -24,7 +23,7 @@ R = TypeVar("R")
 class Committer:
     """Runs `write(con)` callables as write transactions of one store, one after another."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: MirrorStore) -> None:
         self._store = store
         self._turn = asyncio.Lock()
         self._file_free_since = 0.0
@@ -42,4 +41,4 @@ class Committer:
     async def readers_served(self) -> None:
         """Wait until readers have had their window since the last transaction ended (a
         caller that gathers work meanwhile commits more of it at once)."""
-        await asyncio.sleep(self._file_free_since + READER_WINDOW_SECONDS - time.monotonic())
+        await asyncio.sleep(self._file_free_since + self._store.reader_window - time.monotonic())

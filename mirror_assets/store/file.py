@@ -2,7 +2,7 @@
 
 A writer takes the cross-process write lock, opens the file, runs one transaction and
 closes it again, so Dagster runs and the API take turns (docs/ingest.md, the file lock).
-Network work never happens inside `Store.writing()`.
+Network work never happens inside `FileStore.writing()`.
 """
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import duckdb
 
-from mirror_assets.store.lock import LockWait, read_lock, write_lock
-from mirror_assets.store.schema import SCHEMA_VERSION, current_version, drop_all, migrate
+from mirror_assets.store.contract import MirrorStore, Transaction
+from mirror_assets.store.lock import READER_WINDOW_SECONDS, read_lock, write_lock
+from mirror_assets.store.schema import SCHEMA_VERSION, current_version, migrate
 
 R = TypeVar("R")
 
@@ -29,20 +29,18 @@ class DiskFullError(Exception):
     """A write transaction failed because the file's disk is full; nothing was written."""
 
 
-@dataclass
-class Transaction:
-    """An open write transaction and how long it waited for the lock."""
-
-    con: duckdb.DuckDBPyConnection
-    lock_wait: LockWait
-
-
-class Store:
+class FileStore(MirrorStore):
     """The mirror's DuckDB file, opened only for as long as one transaction takes."""
+
+    reader_window = READER_WINDOW_SECONDS
 
     def __init__(self, path: Path, lock_timeout: float = 120.0) -> None:
         self.path = path
         self.lock_timeout = lock_timeout
+
+    @property
+    def name(self) -> str:
+        return str(self.path)
 
     @contextmanager
     def writing(self) -> Iterator[Transaction]:
@@ -121,20 +119,3 @@ class Store:
                     raise
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
-
-    def init(self) -> None:
-        """Create or migrate the schema."""
-        with self.writing():
-            pass
-
-    def reset(self) -> None:
-        """Drop every table and view, then create the schema afresh."""
-        with self.writing() as tx:
-            drop_all(tx.con)
-            migrate(tx.con)
-
-    def cursor_us(self) -> int | None:
-        """The Jetstream cursor of the last committed batch, if any."""
-        with self.reading() as con:
-            rows = con.execute("SELECT cursor_us FROM ingest_state").fetchall()
-        return int(rows[0][0]) if rows else None

@@ -178,6 +178,7 @@ class SchemaTooNewError(RuntimeError):
 def current_version(con: duckdb.DuckDBPyConnection) -> int:
     exists = con.execute(
         "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'meta' AND schema_name = 'main'"
+        " AND database_name = current_database()"
     ).fetchall()[0][0]
     if not exists:
         return 0
@@ -193,13 +194,72 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
             f"the database has schema version {version}, this mirror knows up to "
             f"{SCHEMA_VERSION}: upgrade the mirror, or point MIRROR_DB at another file"
         )
-    for script in MIGRATIONS[version:]:
-        con.execute(script)
-    if version < SCHEMA_VERSION:
-        con.execute(
-            "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
-        )
+    if version == SCHEMA_VERSION:
+        return version
+    if _is_lake(con):
+        _create_lake_schema(con, version)
+    else:
+        for script in MIGRATIONS[version:]:
+            con.execute(script)
+    set_meta(con, "schema_version", str(SCHEMA_VERSION))
     return version
+
+
+def set_meta(con: duckdb.DuckDBPyConnection, key: str, value: str) -> None:
+    """Set one `meta` entry (a MERGE: the lake has no keys to conflict on)."""
+    con.execute(
+        """MERGE INTO meta USING (SELECT $key AS key, $value AS value) AS new USING (key)
+        WHEN MATCHED THEN UPDATE SET value = new.value
+        WHEN NOT MATCHED THEN INSERT (key, value) VALUES (new.key, new.value)""",
+        {"key": key, "value": value},
+    )
+
+
+def _is_lake(con: duckdb.DuckDBPyConnection) -> bool:
+    rows = con.execute(
+        "SELECT type FROM duckdb_databases() WHERE database_name = current_database()"
+    ).fetchall()
+    return bool(rows) and rows[0][0] == "ducklake"
+
+
+def lake_schema() -> list[str]:
+    """The statements that create the current schema in a DuckLake: the tables and views the
+    migrations make, without what DuckLake has no use for (keys, checks, indexes: one writer
+    keeps a URI to one row by the same replace-if-newer step on either store).
+
+    Derived from `MIGRATIONS` run in memory, so the two stores cannot drift apart.
+    """
+    con = duckdb.connect(":memory:")
+    try:
+        for script in MIGRATIONS:
+            con.execute(script)
+        columns = con.execute(
+            """SELECT table_name, list(column_name || ' ' || data_type
+                || CASE WHEN is_nullable THEN '' ELSE ' NOT NULL' END
+                || coalesce(' DEFAULT ' || column_default, '') ORDER BY column_index)
+            FROM duckdb_columns() WHERE database_name = 'memory' AND NOT internal
+              AND table_name IN (SELECT table_name FROM duckdb_tables())
+            GROUP BY table_name ORDER BY table_name"""
+        ).fetchall()
+        views = con.execute(
+            "SELECT sql FROM duckdb_views() WHERE NOT internal AND database_name = 'memory'"
+            " ORDER BY view_name"
+        ).fetchall()
+    finally:
+        con.close()
+    tables = [f"CREATE TABLE {name} ({', '.join(cols)})" for name, cols in columns]
+    return tables + [sql for (sql,) in views]
+
+
+def _create_lake_schema(con: duckdb.DuckDBPyConnection, version: int) -> None:
+    if version != 0:
+        raise SchemaTooNewError(
+            f"the lake has schema version {version}; this mirror makes lakes at version "
+            f"{SCHEMA_VERSION} and cannot migrate an older one: copy it into a new lake "
+            "with `mirror migrate-to-lake`"
+        )
+    for statement in lake_schema():
+        con.execute(statement)
 
 
 def drop_all(con: duckdb.DuckDBPyConnection) -> None:

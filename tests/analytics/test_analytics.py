@@ -11,7 +11,7 @@ from mirror_assets.analytics.activity import roll_up_activity
 from mirror_assets.model.apply import apply_commits
 from mirror_assets.network.pds import RecordEntry
 from mirror_assets.runs.backfill import page_rows
-from mirror_assets.store.file import Store
+from mirror_assets.store.file import FileStore
 from tests.support.dagster_helpers import ingest_mirror, metadata_of, run_job
 from tests.support.events_factory import (
     CARD,
@@ -40,14 +40,14 @@ def _day(t: float) -> date:
 
 
 def _activity(db: Path) -> Activity:
-    with Store(db).writing() as tx:
+    with FileStore(db).writing() as tx:
         roll_up_activity(tx.con)
-    with Store(db).reading() as con:
+    with FileStore(db).reading() as con:
         return con.execute("SELECT * FROM daily_activity ORDER BY collection, day").fetchall()
 
 
 def _log_rows(db: Path) -> int:
-    with Store(db).reading() as con:
+    with FileStore(db).reading() as con:
         return int(con.execute("SELECT count(*) FROM activity_log").fetchall()[0][0])
 
 
@@ -94,7 +94,7 @@ def test_backfilled_history_counts_on_the_records_own_days(tmp_path: Path) -> No
     db = tmp_path / "mirror.duckdb"
     apply_events(db, [create(ALICE, "live", rev=10, t=30 * DAY)])
     page = [_entry("old1", 0), _entry("old2", 1), _entry("older", -DAY), _entry("live", 30 * DAY)]
-    with Store(db).writing() as tx:
+    with FileStore(db).writing() as tx:
         apply_commits(tx.con, page_rows(ALICE, CARD, rev_tid(11), page))
     expected = [
         (CARD, _day(-DAY), 1, 0, 0, 1),
@@ -104,7 +104,7 @@ def test_backfilled_history_counts_on_the_records_own_days(tmp_path: Path) -> No
     assert _activity(db) == expected
     # A later pass re-reads the same records at a newer rev, one of them edited meanwhile.
     page[0] = _entry("old1", 0, text="edited while away")
-    with Store(db).writing() as tx:
+    with FileStore(db).writing() as tx:
         apply_commits(tx.con, page_rows(ALICE, CARD, rev_tid(12), page))
     expected[1] = (CARD, _day(0), 2, 1, 0, 2)
     assert _activity(db) == expected
@@ -139,7 +139,7 @@ def test_the_ingest_job_materializes_every_analytics_table(tmp_path: Path) -> No
         "first_day": str(_day(0)),
         "last_day": str(_day(DAY)),
     }
-    with Store(db).reading() as con:
+    with FileStore(db).reading() as con:
         assert con.execute("SELECT * FROM daily_activity ORDER BY day").fetchall() == [
             (CARD, _day(0), 1, 0, 0, 0),
             (CARD, _day(DAY), 2, 1, 0, 0),

@@ -18,7 +18,7 @@ import pytest
 from mirror_assets.defs.checks import cursor_fresh
 from mirror_assets.defs.definitions import build_definitions
 from mirror_assets.defs.resources import ChecksConfig, MirrorResource
-from mirror_assets.store.file import Store
+from mirror_assets.store.file import FileStore
 from tests.support.dagster_helpers import metadata_of
 from tests.support.events_factory import CARD, PAGE, account, create, delete, did, uri
 from tests.support.store_helpers import apply_events, store_cursor
@@ -122,7 +122,7 @@ def test_a_healthy_file_passes_every_check(tmp_path: Path) -> None:
     db = tmp_path / "mirror.duckdb"
     _healthy_file(db)
     # The file holds what the checks look at: hidden rows, tombstones, closed accounts.
-    with Store(db).reading() as con:
+    with FileStore(db).reading() as con:
         assert con.execute(
             "SELECT count(*), count(*) FILTER (WHERE hidden), count(*) FILTER (WHERE deleted) "
             "FROM record_versions"
@@ -149,7 +149,7 @@ WRONG_URI = f"at://{BOB}/{CARD}/not-b0"
 
 
 def _uri_off_its_keys(db: Path) -> None:
-    with Store(db).writing() as tx:
+    with FileStore(db).writing() as tx:
         tx.con.execute(
             "UPDATE record_versions SET uri = ? WHERE uri = ?", [WRONG_URI, uri(BOB, "b0")]
         )
@@ -169,7 +169,7 @@ def _untracked_rows(db: Path) -> None:
 
 
 def _misshown_rows(db: Path) -> None:
-    with Store(db).writing() as tx:
+    with FileStore(db).writing() as tx:
         # Frank is deleted, yet his two records and his tombstone remain.
         tx.con.execute(
             "UPDATE accounts SET status = 'deleted', hidden = true WHERE did = ?", [FRANK]
@@ -185,7 +185,7 @@ def _misshown_rows(db: Path) -> None:
 
 def _uris_stored_twice(db: Path) -> None:
     """b1 stored twice (live and a tombstone copy), b2 three times."""
-    with Store(db).writing() as tx:
+    with FileStore(db).writing() as tx:
         for rkey in ("b1", "b2", "b2"):
             tx.con.execute(
                 "INSERT INTO record_versions SELECT * REPLACE (true AS deleted) "
@@ -204,7 +204,7 @@ def _failed_backfills(db: Path) -> None:
         (CAROL, CARD, "DID document not found"),
         (FRANK, CARD, "connection refused"),
     ]
-    with Store(db).writing() as tx:
+    with FileStore(db).writing() as tx:
         con = tx.con
         con.execute(
             "UPDATE accounts SET pds = 'https://pds.example.com' WHERE did IN (?, ?)", [ALICE, BOB]
@@ -338,7 +338,7 @@ def test_the_sample_names_every_offending_account_of_a_kind(tmp_path: Path) -> N
             account(CAROL, active=False, status="takendown", t=31),
         ],
     )
-    with Store(db).writing() as tx:
+    with FileStore(db).writing() as tx:
         tx.con.execute("UPDATE record_versions SET hidden = false")
     evaluation = _run_checks(_mirror(db))["accounts_shown_as_their_status"]
     assert evaluation.finding == (13, [many, CAROL], {"visible rows of hidden accounts": 13})

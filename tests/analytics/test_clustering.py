@@ -14,7 +14,7 @@ import dagster as dg
 
 from mirror_assets.analytics.clustering import recluster
 from mirror_assets.defs.resources import MirrorResource
-from mirror_assets.store.file import Store
+from mirror_assets.store.file import FileStore
 from tests.support.dagster_helpers import metadata_of, run_job
 from tests.support.events_factory import CARD, PAGE, create, delete, did, update
 from tests.support.store_helpers import apply_events
@@ -24,13 +24,13 @@ Rows = list[tuple[object, ...]]
 
 def _rows(db: Path) -> Rows:
     """Every stored value of every version, in URI order."""
-    with Store(db).reading() as con:
+    with FileStore(db).reading() as con:
         return con.execute("SELECT * FROM record_versions ORDER BY uri").fetchall()
 
 
 def _in_time_order(db: Path) -> bool:
     """Whether, per collection, the table holds the rows in time order."""
-    with Store(db).reading() as con:
+    with FileStore(db).reading() as con:
         [(disorder,)] = con.execute(
             "SELECT count(*) FILTER (WHERE row_id < previous) FROM ("
             "  SELECT rowid AS row_id, lag(rowid) OVER ("
@@ -67,12 +67,12 @@ def test_recluster_puts_rows_in_time_order_and_changes_no_value(tmp_path: Path) 
     _mixed_file(db)
     before = _rows(db)
     assert not _in_time_order(db)
-    report = recluster(Store(db), rows_per_slice=100)
+    report = recluster(FileStore(db), rows_per_slice=100)
     assert _rows(db) == before
     assert _in_time_order(db)
     assert report.slices_moved > 0
     assert report.rows_moved == len(before)  # every slice held backfilled rows
-    again = recluster(Store(db), rows_per_slice=100)
+    again = recluster(FileStore(db), rows_per_slice=100)
     assert (again.slices, again.slices_moved, again.rows_moved) == (report.slices, 0, 0)
 
 
@@ -95,7 +95,7 @@ def test_writers_between_its_transactions_lose_nothing(tmp_path: Path) -> None:
 
     writer = threading.Thread(target=write_during)
     writer.start()
-    recluster(Store(db), rows_per_slice=20)
+    recluster(FileStore(db), rows_per_slice=20)
     writer.join()
     for batch in batches:
         apply_events(twin, batch)
@@ -114,7 +114,7 @@ def test_a_killed_recluster_loses_nothing_and_the_next_one_finishes(tmp_path: Pa
     script = (
         "import sys; from pathlib import Path; "
         "from mirror_assets.analytics.clustering import recluster; "
-        "from mirror_assets.store.file import Store; recluster(Store(Path(sys.argv[1])), 5)"
+        "from mirror_assets.store.file import FileStore; recluster(FileStore(Path(sys.argv[1])), 5)"
     )
     child = subprocess.Popen([sys.executable, "-c", script, str(db)])
     wal = db.with_name(db.name + ".wal")
@@ -126,7 +126,7 @@ def test_a_killed_recluster_loses_nothing_and_the_next_one_finishes(tmp_path: Pa
     child.wait()
     assert child.returncode == -signal.SIGKILL, "it finished before it could be killed"
     assert _rows(db) == before
-    recluster(Store(db), rows_per_slice=100)
+    recluster(FileStore(db), rows_per_slice=100)
     assert _rows(db) == before
     assert _in_time_order(db)
 

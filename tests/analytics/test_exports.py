@@ -22,7 +22,7 @@ import pytest
 
 from mirror_assets.defs.resources import MirrorResource
 from mirror_assets.model.apply import apply_batch
-from mirror_assets.store.file import Store
+from mirror_assets.store.file import FileStore
 from tests.support.dagster_helpers import metadata_of, run_job
 from tests.support.events_factory import (
     CARD,
@@ -81,7 +81,7 @@ def _normal(rows: list[Row]) -> list[Row]:
 
 def _view(db: Path, collection: str) -> list[Row]:
     """The `records` view's rows of a collection, newest first."""
-    with Store(db).reading() as con:
+    with FileStore(db).reading() as con:
         rows = con.execute(
             f"SELECT {', '.join(COLUMNS)} FROM records WHERE collection = ? "
             "ORDER BY time_us DESC, uri",
@@ -269,14 +269,14 @@ def test_a_reader_of_the_old_file_keeps_a_complete_snapshot(tmp_path: Path) -> N
 
 def _hold_write_lock(db: str, holding: Signal, release: Signal) -> None:
     """Apply a record in a write transaction, and keep it open until told to commit."""
-    with Store(Path(db), lock_timeout=WAIT).writing() as tx:
+    with FileStore(Path(db), lock_timeout=WAIT).writing() as tx:
         apply_batch(tx.con, batch_of([create(USERS[4], "late", rev=9_000, t=2_000)]))
         holding.set()
         release.wait(WAIT)
 
 
 def _hold_read_lock(db: str, holding: Signal, release: Signal) -> None:
-    with Store(Path(db), lock_timeout=WAIT).reading() as con:
+    with FileStore(Path(db), lock_timeout=WAIT).reading() as con:
         con.execute("SELECT count(*) FROM records").fetchall()
         holding.set()
         release.wait(WAIT)
@@ -381,7 +381,7 @@ def test_a_collection_name_that_is_not_an_nsid_never_becomes_a_folder(
     a tracked wildcard: the export leaves them out and never writes outside EXPORT_DIR."""
     db, exports = tmp_path / "data" / "mirror.duckdb", tmp_path / "data" / "exports"
     _mixed_file(db)
-    with Store(db).writing() as tx:
+    with FileStore(db).writing() as tx:
         tx.con.execute(
             "INSERT INTO record_versions (uri, uri_hash, did, collection, rkey, cid, record, "
             "rev, time_us, deleted, hidden, indexed_at) SELECT uri || 'x', uri_hash + 1, did, "

@@ -14,7 +14,7 @@ from mirror_api.app import create_app
 from mirror_assets.analytics.summaries import rebuild_summaries
 from mirror_assets.atproto.nsids import CollectionFilter
 from mirror_assets.config import Settings
-from mirror_assets.store.file import Store
+from mirror_assets.store.file import FileStore
 from tests.support.dagster_helpers import ingest_mirror, run_job
 from tests.support.events_factory import CARD, PAGE, account, create, delete, did
 from tests.support.jetstream_server import JetstreamServer
@@ -39,7 +39,7 @@ def _mixed_file(db: Path) -> None:
 
 
 def _live(db: Path) -> tuple[list[tuple[str, str, int]], list[tuple[str, int, int, int, int]]]:
-    with Store(db).reading() as con:
+    with FileStore(db).reading() as con:
         users = con.execute(
             "SELECT collection, did, count(*) FROM records GROUP BY ALL ORDER BY ALL"
         ).fetchall()
@@ -51,7 +51,7 @@ def _live(db: Path) -> tuple[list[tuple[str, str, int]], list[tuple[str, int, in
 
 
 def _summaries(db: Path) -> tuple[list[tuple[str, str, int]], list[tuple[str, int, int, int, int]]]:
-    with Store(db).reading() as con:
+    with FileStore(db).reading() as con:
         users = con.execute("SELECT * FROM user_counts ORDER BY ALL").fetchall()
         stats = con.execute(
             "SELECT collection, unique_users, total_records, first_record_time_us, "
@@ -63,14 +63,14 @@ def _summaries(db: Path) -> tuple[list[tuple[str, str, int]], list[tuple[str, in
 def test_a_rebuild_equals_counting_the_records_view(tmp_path: Path) -> None:
     db = tmp_path / "mirror.duckdb"
     _mixed_file(db)
-    with Store(db).writing() as tx:
+    with FileStore(db).writing() as tx:
         counts = rebuild_summaries(tx.con)
     assert (counts.collections, counts.user_rows) == (2, 3)
     assert _summaries(db) == _live(db)
     assert _summaries(db)[0] == [(CARD, ALICE, 2), (CARD, BOB, 3), (PAGE, BOB, 1)]
 
     apply_events(db, [create(CAROL, "c9", rev=50, t=50), account(CAROL, active=True, t=51)])
-    with Store(db).writing() as tx:
+    with FileStore(db).writing() as tx:
         rebuild_summaries(tx.con)
     assert _summaries(db) == _live(db)
     assert (CARD, CAROL, 5) in _summaries(db)[0]
@@ -83,7 +83,7 @@ def test_the_api_reads_the_summaries_once_built(tmp_path: Path) -> None:
     with TestClient(app=create_app(settings)) as client:
         live_users = client.get(f"/users/{CARD}").json()
         live_stats = client.get(f"/stats/{CARD}").json()
-        with Store(db).writing() as tx:
+        with FileStore(db).writing() as tx:
             rebuild_summaries(tx.con)
         assert client.get(f"/users/{CARD}").json() == live_users
         assert client.get(f"/stats/{CARD}").json() == live_stats
@@ -94,7 +94,7 @@ def test_the_api_reads_the_summaries_once_built(tmp_path: Path) -> None:
         # Until the next rebuild the answers are the summaries', not a live count.
         apply_events(db, [create(ALICE, "a7", rev=70, t=70), create(ALICE, "a8", rev=71, t=71)])
         assert client.get(f"/users/{CARD}").json() == live_users
-        with Store(db).writing() as tx:
+        with FileStore(db).writing() as tx:
             rebuild_summaries(tx.con)
         first = client.get(f"/users/{CARD}", params={"limit": 1}).json()
         assert first["users"] == [{"did": ALICE, "record_count": 4}]
@@ -139,7 +139,7 @@ def test_a_users_pages_are_the_same_through_the_did_index_and_a_scan(
     db = tmp_path / "mirror.duckdb"
     _mixed_file(db)
     apply_events(db, [create(ALICE, "same-time", rev=30, t=1)])  # shares a time_us with a1
-    with Store(db).writing() as tx:
+    with FileStore(db).writing() as tx:
         rebuild_summaries(tx.con)
     settings = Settings(
         db_path=db,
@@ -171,12 +171,12 @@ def test_pages_found_through_time_windows_are_the_pages_of_a_full_search(
     tail = [create(BOB, f"tail{i:03d}", rev=i + 1, t=i * 997) for i in range(40)]
     old = [create(CAROL, f"old{i}", rev=i + 1, t=-(10**6) - i) for i in range(5)]
     apply_events(db, [*burst, *tail, *old, delete(BOB, "tail003", rev=100, t=5000)])
-    with Store(db).writing() as tx:
+    with FileStore(db).writing() as tx:
         rebuild_summaries(tx.con)
     later = [create(did("dave"), f"new{i}", rev=i + 1, t=10**6 + i) for i in range(30)]
     older = [create(did("erin"), f"ancient{i}", rev=i + 1, t=-(10**7) - i) for i in range(30)]
     apply_events(db, [*later, *older])
-    with Store(db).reading() as con:
+    with FileStore(db).reading() as con:
         expected = [
             row[0]
             for row in con.execute(

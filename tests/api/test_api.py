@@ -1,7 +1,7 @@
 """The query API against a real DuckDB file, through Litestar's test client (docs/api.md).
 
 Data is written through the real write path (`apply_events`: the Jetstream apply step in a
-`Store.writing()` transaction), so the API reads exactly what ingestion leaves behind. Every
+`FileStore.writing()` transaction), so the API reads exactly what ingestion leaves behind. Every
 test asserts exact status codes and exact JSON bodies.
 """
 
@@ -29,7 +29,7 @@ from mirror_api.cursor_key import cursor_key
 from mirror_api.paging import TAG_BYTES
 from mirror_api.reader import LINGER_SECONDS, MirrorReader
 from mirror_assets.config import Settings
-from mirror_assets.store.file import Store
+from mirror_assets.store.file import FileStore
 from mirror_assets.store.lock import write_lock
 from tests.support.api_helpers import (
     STORED_CID,
@@ -133,7 +133,7 @@ def test_every_endpoint_answers_before_the_file_exists(client: Client, db: Path)
 
 
 def test_cursor_is_null_before_the_first_ingest(client: Client, db: Path) -> None:
-    Store(db).init()  # the schema exists, no ingest has committed a cursor
+    FileStore(db).init()  # the schema exists, no ingest has committed a cursor
     assert _get(client, "/cursor") == (200, {"cursor": None})
 
 
@@ -197,7 +197,7 @@ def _compact(value: object) -> str:
 def test_stored_records_are_served_as_stored(client: Client, db: Path) -> None:
     """Every record a row holds is served, byte for byte: no page fails on a record that a
     decoder refuses (1e400, 2,000 levels of nesting), none is rewritten."""
-    Store(db).init()
+    FileStore(db).init()
     records = list(STORED_AS_IS.values())
     times = [at(t) for t in range(1, len(records) + 1)]
     uris = store_rows(db, [ALICE] * len(records), records, times)
@@ -324,7 +324,7 @@ BACKFILL_STATUSES = [
 
 
 def test_backfill_unknown_without_a_row(client: Client, db: Path) -> None:
-    Store(db).init()
+    FileStore(db).init()
     assert _get(client, f"/backfill/{CARD}/{ALICE}") == (
         200,
         {"did": ALICE, "collection": CARD, "status": "unknown", "state": None},
@@ -544,7 +544,7 @@ INVALID_CURSORS = {
 @pytest.mark.parametrize("path", PAGED)
 @pytest.mark.parametrize("cursor", INVALID_CURSORS.values(), ids=INVALID_CURSORS.keys())
 def test_invalid_cursor_is_400(client: Client, db: Path, path: str, cursor: str) -> None:
-    Store(db).init()
+    FileStore(db).init()
     response = client.get(path, params={"cursor": cursor})
     assert (response.status_code, response.json()) == (400, BAD_CURSOR)
     assert response.headers["access-control-allow-origin"] == "*"

@@ -1,7 +1,7 @@
 """The API under load beside a writer, with real processes (docs/api.md).
 
 `mirror api` (uvicorn) serves a real file; a writer process commits small batches in a loop
-through `Store.writing()` and the real apply step, noting each transaction's wait for the
+through `FileStore.writing()` and the real apply step, noting each transaction's wait for the
 lock; 32 clients in this process hit /records, /users, /stats and /cursor for 20 seconds.
 No answer may be anything but a 200, the writer must keep committing, and its longest wait
 for the lock must stay bounded.

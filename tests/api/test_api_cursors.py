@@ -25,7 +25,7 @@ from litestar.testing import TestClient
 from mirror_api.cursor_key import KEY_BYTES, cursor_key, cursor_key_path
 from mirror_api.paging import MAX_CURSOR_CHARACTERS, TAG_BYTES
 from mirror_assets.atproto.syntax import is_did, is_nsid, is_record_key
-from mirror_assets.store.file import Store
+from mirror_assets.store.file import FileStore
 from tests.support.api_helpers import ROOT, api_client, settings_for, store_rows
 from tests.support.events_factory import CARD, at, create, did
 from tests.support.store_helpers import apply_events
@@ -132,7 +132,7 @@ def test_the_longest_uri_the_protocol_allows_fits_in_a_cursor(tmp_path: Path) ->
     assert len(host) == 253 and len(collection) == 317
     assert is_did(longest_did) and is_nsid(collection) and all(map(is_record_key, rkeys))
     db = tmp_path / "mirror.duckdb"
-    Store(db).init()
+    FileStore(db).init()
     uris = store_rows(
         db, [longest_did] * 2, ['{"$type":"x"}'] * 2, [at(1), at(2)], collection, rkeys=rkeys
     )

@@ -19,7 +19,7 @@ import pytest
 
 from mirror_api.queries import records_page
 from mirror_api.reader import MirrorReader
-from mirror_assets.store.file import Store
+from mirror_assets.store.file import FileStore
 from tests.support.api_helpers import ApiProcess, resident_bytes, serve_api, store_rows
 from tests.support.events_factory import CARD, at, did
 
@@ -50,7 +50,7 @@ def _record(n: int) -> str:
 @pytest.fixture(scope="module")
 def large_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     db = tmp_path_factory.mktemp("large") / "mirror.duckdb"
-    Store(db).init()
+    FileStore(db).init()
     store_rows(
         db,
         [did(f"user{n % 50}") for n in range(RECORDS)],

@@ -13,7 +13,7 @@ from mirror_assets.defs.ingest import records
 from mirror_assets.defs.resources import MirrorResource
 from mirror_assets.defs.schedules import ingest_every_minute
 from mirror_assets.defs.sensors import MAX_BACKFILL_RUNS
-from mirror_assets.store.file import Store
+from mirror_assets.store.file import FileStore
 from tests.support.dagster_helpers import add_run, ingest_mirror, metadata_of
 from tests.support.events_factory import at, create, delete, did, identity
 from tests.support.jetstream_server import JetstreamServer
@@ -52,7 +52,7 @@ def test_records_materializes_from_jetstream(tmp_path: Path, instance: dg.Dagste
     assert metadata["identities_changed"] == 1
     assert metadata["refused"] == 0 and metadata["refusal_samples"] == {}
     assert sorted(metadata["new_dids_sample"]) == sorted([did("user0"), did("user1")])
-    with Store(db).reading() as con:
+    with FileStore(db).reading() as con:
         live = con.execute("SELECT uri FROM records ORDER BY uri").fetchall()
         marked = con.execute(
             "SELECT handle, identity_stale FROM accounts WHERE did = ?", [did("user1")]

@@ -30,7 +30,7 @@ from mirror_assets.defs.sensors import (
 )
 from mirror_assets.model.backfills import claim, queue
 from mirror_assets.names import BACKFILL_JOB, DIDS, PARTITION_TAG
-from mirror_assets.store.file import Store
+from mirror_assets.store.file import FileStore
 from tests.support.atproto_server import GET_LATEST_COMMIT, LIST_RECORDS, AtprotoStandIn
 from tests.support.dagster_helpers import add_run, metadata_of
 from tests.support.events_factory import CARD, at, numbered_did
@@ -64,7 +64,7 @@ def db_of(mirror: MirrorResource) -> Path:
 
 def queue_dids(mirror: MirrorResource, dids: Sequence[str]) -> None:
     """Queue a card backfill for each DID, in one transaction (as discovery or ingest would)."""
-    with Store(db_of(mirror)).writing() as tx:
+    with FileStore(db_of(mirror)).writing() as tx:
         assert queue(tx.con, [(did, CARD) for did in dids]) == len(dids)
 
 
@@ -127,7 +127,7 @@ def execute(
 
 
 def statuses(mirror: MirrorResource) -> dict[str, str]:
-    with Store(db_of(mirror)).reading() as con:
+    with FileStore(db_of(mirror)).reading() as con:
         rows = con.execute("SELECT did, status FROM backfills WHERE collection = ?", [CARD])
         return dict(rows.fetchall())
 
@@ -459,7 +459,7 @@ def test_a_range_run_materializes_the_dids_it_finished(
         unknown: "not_found",
         last: "complete",
     }
-    with Store(db_of(mirror)).reading() as con:
+    with FileStore(db_of(mirror)).reading() as con:
         counts = dict(con.execute("SELECT did, count(*) FROM records GROUP BY did").fetchall())
     assert counts == {ok: 3, many: 150, last: 2}
 
@@ -467,7 +467,7 @@ def test_a_range_run_materializes_the_dids_it_finished(
     assert skip_message(evaluate(instance, mirror)) == (
         "0 DIDs due, 0 backfill runs in flight covering 0"
     )
-    with Store(db_of(mirror)).writing() as tx:
+    with FileStore(db_of(mirror)).writing() as tx:
         tx.con.execute(
             "UPDATE backfills SET next_attempt_at = now() - INTERVAL 1 SECOND WHERE did = ?",
             [broken],
@@ -487,7 +487,7 @@ def test_a_stale_claim_is_launched_again_once_no_run_covers_it(
     apply_partitions(instance, evaluate(instance, mirror))
     execute(instance, mirror, range_tags(dids[0], dids[2]))
     # A later run claimed dids[1] (a restart of its listing) and its process died.
-    with Store(db_of(mirror)).writing() as tx:
+    with FileStore(db_of(mirror)).writing() as tx:
         tx.con.execute("UPDATE backfills SET status = 'pending' WHERE did = ?", [dids[1]])
         tasks = claim(tx.con, [dids[1]], CollectionFilter.parse(CARD))
         assert [task.did for task in tasks] == [dids[1]]

@@ -8,7 +8,7 @@ from pathlib import Path
 from litestar.testing import TestClient
 
 from mirror_api.app import create_app
-from mirror_assets.store.file import Store
+from mirror_assets.store.file import FileStore
 from tests.interop.harness import Network
 from tests.interop.pipeline import running_pipeline
 from tests.interop.records import CARD, PAGE, create_many
@@ -17,7 +17,7 @@ from tests.interop.truth import api_records, assert_mirror_equals_network
 
 def account_row(db_path: Path, did: str) -> tuple[str | None, str]:
     """The mirror's (handle, status) of a DID."""
-    with Store(db_path).reading() as con:
+    with FileStore(db_path).reading() as con:
         [row] = con.execute("SELECT handle, status FROM accounts WHERE did = ?", [did]).fetchall()
     return row[0], row[1]
 
@@ -74,7 +74,7 @@ def test_deactivation_reactivation_handle_change_and_deletion(
         pipeline.catch_up()
         after = assert_mirror_equals_network(pds, settings)
         assert not [r for r in after.values() if r.did == leaving.did]
-        with Store(settings.db_path).reading() as con:
+        with FileStore(settings.db_path).reading() as con:
             rows = con.execute(
                 "SELECT count(*) FROM record_versions WHERE did = ?", [leaving.did]
             ).fetchall()

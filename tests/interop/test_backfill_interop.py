@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mirror_assets.store.file import Store
+from mirror_assets.store.file import FileStore
 from tests.interop.harness import Network
 from tests.interop.pipeline import running_pipeline
 from tests.interop.records import CARD, PAGE, UNTRACKED, create_many, record
@@ -33,7 +33,7 @@ def test_a_new_mirror_backfills_every_user_who_predates_it(
         pipeline.ingest()
         truth = assert_mirror_equals_network(pds, pipeline.settings)
 
-        with Store(pipeline.settings.db_path).reading() as con:
+        with FileStore(pipeline.settings.db_path).reading() as con:
             pages = dict(
                 con.execute(
                     "SELECT did, pages FROM backfills WHERE collection = ? AND status = 'complete'",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mirror_assets.store.file import Store
+from mirror_assets.store.file import FileStore
 from tests.interop.harness import Network
 from tests.interop.pds_client import Account, PdsClient
 from tests.interop.pipeline import running_pipeline
@@ -99,7 +99,7 @@ def change_both_ends(pds: PdsClient, author: Account, rkeys: list[str], round: i
 
 
 def listing_state(db_path: Path, did: str) -> tuple[str, int]:
-    with Store(db_path).reading() as con:
+    with FileStore(db_path).reading() as con:
         [row] = con.execute(
             "SELECT status, pages FROM backfills WHERE did = ? AND collection = ?", [did, CARD]
         ).fetchall()

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from mirror_assets.store.file import Store
+from mirror_assets.store.file import FileStore
 from tests.interop.harness import Network
 from tests.interop.pipeline import fail_dead_runs, running_pipeline
 from tests.interop.records import CARD, PAGE, create_many, record
@@ -24,7 +24,7 @@ FIRST_PAGE_SECONDS = 60
 
 def listing_progress(db_path: Path, did: str) -> tuple[str, int] | None:
     """(status, pages) of the DID's card listing, once the backfill has a row for it."""
-    with Store(db_path).reading() as con:
+    with FileStore(db_path).reading() as con:
         rows = con.execute(
             "SELECT status, pages FROM backfills WHERE did = ? AND collection = ?", [did, CARD]
         ).fetchall()

@@ -23,7 +23,7 @@ from litestar.testing import TestClient
 
 from mirror_api.app import create_app
 from mirror_assets.config import Settings
-from mirror_assets.store.file import Store
+from mirror_assets.store.file import FileStore
 from tests.interop.pds_client import PdsReader
 
 SHOWN_DIFFERENCES = 20
@@ -59,7 +59,7 @@ def network_state(pds: PdsReader, collections: Iterable[str]) -> State:
 
 def file_state(db_path: Path) -> State:
     """The `records` view of the mirror's file: the live records of visible accounts."""
-    with Store(db_path).reading() as con:
+    with FileStore(db_path).reading() as con:
         rows = con.execute("SELECT uri, did, collection, rkey, cid, record FROM records").fetchall()
     return {
         uri: Record(did, collection, rkey, cid, json.loads(record))

@@ -20,7 +20,7 @@ import pytest
 from mirror_assets.atproto.cursor_time import cursor_iso
 from mirror_assets.model.apply import apply_batch
 from mirror_assets.model.backfills import due_dids
-from mirror_assets.store.file import Store
+from mirror_assets.store.file import FileStore
 from mirror_assets.store.lock import read_lock
 from tests.support.cli_helpers import (
     ALICE,
@@ -80,7 +80,7 @@ def _count(db: Path, table: str, collection: str) -> int:
 
 def _everything_but(db: Path, collection: str) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of every table and view, except those of the collection."""
-    with Store(db).reading() as con:
+    with FileStore(db).reading() as con:
         names = [row[0] for row in con.execute("SHOW TABLES").fetchall()]
         described = {n: con.execute(f'DESCRIBE "{n}"').fetchall() for n in names}
         return {
@@ -121,7 +121,7 @@ def test_purge_removes_the_collection_from_every_table_that_has_one(
     project: Path, tracked: str, note: str
 ) -> None:
     db = db_of(project)
-    with Store(db).writing() as tx:
+    with FileStore(db).writing() as tx:
         tx.con.execute("CREATE TABLE operator_notes (collection VARCHAR, note VARCHAR)")
         tx.con.execute(
             "INSERT INTO operator_notes VALUES (?, 'a'), (?, 'b'), (?, 'c')", [CARD, CARD, PAGE]
@@ -236,7 +236,7 @@ RESTARTED = {
 
 
 def _backfills(db: Path) -> dict[tuple[str, str], dict[str, Any]]:
-    with Store(db).reading() as con:
+    with FileStore(db).reading() as con:
         cursor = con.execute("SELECT * FROM backfills")
         rows = cursor.fetchall()
         names = [column[0] for column in cursor.description or []]
@@ -244,7 +244,7 @@ def _backfills(db: Path) -> dict[tuple[str, str], dict[str, Any]]:
 
 
 def _due(db: Path) -> set[str]:
-    with Store(db).reading() as con:
+    with FileStore(db).reading() as con:
         return set(due_dids(con))
 
 
@@ -369,7 +369,7 @@ def test_purge_asks_at_a_terminal(project: Path, reply: str, purged: bool) -> No
 
 def _hold_the_writer(db: str, holding: Event, release: Event) -> None:
     """Hold a write transaction until released, then add a card record and commit."""
-    with Store(Path(db)).writing() as tx:
+    with FileStore(Path(db)).writing() as tx:
         holding.set()
         release.wait(60)
         apply_batch(tx.con, batch_of([create(ALICE, "late", rev=9, t=20)]))

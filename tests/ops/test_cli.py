@@ -17,7 +17,7 @@ import pytest
 from mirror_assets.config import Settings
 from mirror_assets.ops.job_runs import job_names
 from mirror_assets.runs.discovery import run_discovery
-from mirror_assets.store.file import Store
+from mirror_assets.store.file import FileStore
 from tests.support.atproto_server import AtprotoStandIn
 from tests.support.cli_helpers import MIRROR, OTHER, make_project, mirror
 from tests.support.events_factory import CARD, PAGE, account, at, create, did, identity
@@ -133,12 +133,12 @@ def test_reset_asks_first_and_then_empties_the_mirror(project: Path) -> None:
     refused = mirror(project, "reset")
     assert refused.returncode == 2
     assert "--yes" in refused.stderr
-    with Store(db).reading() as con:
+    with FileStore(db).reading() as con:
         assert con.execute("SELECT count(*) FROM records").fetchall() == [(1,)]
 
     done = mirror(project, "reset", "--yes")
     assert done.returncode == 0, done.stderr
-    with Store(db).reading() as con:
+    with FileStore(db).reading() as con:
         assert con.execute("SELECT count(*) FROM record_versions").fetchall() == [(0,)]
         assert con.execute("SELECT count(*) FROM ingest_state").fetchall() == [(0,)]
 
@@ -333,7 +333,7 @@ def _wait_for_backfills(project: Path, dids: set[str], timeout: float) -> set[tu
     """The complete backfills (did, collection, records), once every DID has one."""
     deadline = time.monotonic() + timeout
     while True:
-        with Store(project / "data" / "mirror.duckdb").reading() as con:
+        with FileStore(project / "data" / "mirror.duckdb").reading() as con:
             rows = con.execute(
                 "SELECT did, collection, records FROM backfills WHERE status = 'complete'"
             ).fetchall()

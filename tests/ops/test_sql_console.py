@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mirror_assets.ops.sql_console import read_only_instance
-from mirror_assets.store.file import Store
+from mirror_assets.store.file import FileStore
 from mirror_assets.store.lock import read_lock
 from tests.support.cli_helpers import db_of, dump, mirror, table_rows
 
@@ -249,7 +249,7 @@ def test_a_query_past_its_time_is_stopped_and_lets_the_writers_in(project: Path)
     assert "ran longer than 1 s and was stopped (SQL_TIMEOUT_SECONDS)" in result.stderr
     assert len(result.stderr.splitlines()) == 1
     assert time.monotonic() - started < 30
-    with Store(db_of(project)).writing():  # the lock is free again at once
+    with FileStore(db_of(project)).writing():  # the lock is free again at once
         pass
 
 

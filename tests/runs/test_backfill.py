@@ -31,7 +31,7 @@ from mirror_assets.atproto.nsids import CollectionFilter
 from mirror_assets.config import BackfillLimits, Settings
 from mirror_assets.model.backfills import due_dids, queue
 from mirror_assets.runs.backfill import BackfillReport, run_backfill
-from mirror_assets.store.file import Store
+from mirror_assets.store.file import FileStore
 from tests.support.atproto_server import (
     GET_LATEST_COMMIT,
     LIST_RECORDS,
@@ -99,7 +99,7 @@ def settings_for(
 
 
 def queue_backfills(db: Path, *pairs: tuple[str, str]) -> None:
-    with Store(db).writing() as tx:
+    with FileStore(db).writing() as tx:
         queue(tx.con, list(pairs))
 
 
@@ -171,7 +171,7 @@ def stored(db: Path, did_: str, collection: str | None = None) -> dict[str, Row]
         "FROM record_versions WHERE did = ?"
     )
     result: dict[str, Row] = {}
-    with Store(db).reading() as con:
+    with FileStore(db).reading() as con:
         rows = con.execute(query, [did_]).fetchall()
     for uri, coll, cid, record, rev, time_us, deleted, hidden in rows:
         if collection is not None and coll != collection:
@@ -184,13 +184,13 @@ def stored(db: Path, did_: str, collection: str | None = None) -> dict[str, Row]
 
 def visible(db: Path, did_: str) -> set[str]:
     """URIs of the DID in the `records` view."""
-    with Store(db).reading() as con:
+    with FileStore(db).reading() as con:
         rows = con.execute("SELECT uri FROM records WHERE did = ?", [did_]).fetchall()
     return {row[0] for row in rows}
 
 
 def backfill_row(db: Path, did_: str, collection: str = CARD) -> BackfillRow | None:
-    with Store(db).reading() as con:
+    with FileStore(db).reading() as con:
         rows = con.execute(
             "SELECT status, pds_cursor, repo_rev, pages, records, attempts, last_error, "
             "next_attempt_at - updated_at FROM backfills WHERE did = ? AND collection = ?",
@@ -210,7 +210,7 @@ def status_of(db: Path, did_: str) -> str | None:
 
 
 def handle_of(db: Path, did_: str) -> str | None:
-    with Store(db).reading() as con:
+    with FileStore(db).reading() as con:
         rows = con.execute("SELECT handle FROM accounts WHERE did = ?", [did_]).fetchall()
     return rows[0][0] if rows else None
 
@@ -226,7 +226,7 @@ def pds_document(did_: str, endpoint: str, handle: str | None = None) -> dict[st
 
 
 def due(db: Path) -> list[str]:
-    with Store(db).reading() as con:
+    with FileStore(db).reading() as con:
         return due_dids(con)
 
 

@@ -16,7 +16,7 @@ from mirror_assets.config import BackfillLimits, IngestLimits, Settings
 from mirror_assets.defs.resources import MirrorResource
 from mirror_assets.runs.backfill import run_backfill
 from mirror_assets.runs.discovery import never_completed, run_discovery
-from mirror_assets.store.file import Store
+from mirror_assets.store.file import FileStore
 from tests.support.atproto_server import AtprotoStandIn
 from tests.support.cli_helpers import mirror
 from tests.support.dagster_helpers import metadata_of, run_job
@@ -45,7 +45,7 @@ def _run(job: str, settings: Settings, instance: dg.DagsterInstance) -> dg.Execu
 
 
 def _uris(db: Path) -> list[str]:
-    with Store(db).reading() as con:
+    with FileStore(db).reading() as con:
         return [row[0] for row in con.execute("SELECT uri FROM records ORDER BY uri").fetchall()]
 
 
@@ -99,10 +99,10 @@ def test_a_collection_removed_and_added_back_between_runs(
         # PAGE added back: it has no complete relay pass, so discovery runs for it, queues
         # Bob, and his backfill brings the record made while PAGE was untracked.
         again = _settings(db, both, net, jetstream.url)
-        with Store(db).reading() as con:
+        with FileStore(db).reading() as con:
             assert never_completed(con, again) == [CARD, PAGE]
         run_discovery(again)
-        with Store(db).reading() as con:
+        with FileStore(db).reading() as con:
             queued = con.execute(
                 "SELECT did, status FROM backfills WHERE collection = ? ORDER BY did", [PAGE]
             ).fetchall()
@@ -117,7 +117,7 @@ def test_a_collection_removed_and_added_back_between_runs(
         f"at://{BOB}/{CARD}/c2",
         f"at://{BOB}/{PAGE}/p2",
     ]
-    with Store(db).reading() as con:
+    with FileStore(db).reading() as con:
         [(text,)] = con.execute(
             "SELECT record->>'text' FROM records WHERE uri = ?", [f"at://{BOB}/{PAGE}/p2"]
         ).fetchall()

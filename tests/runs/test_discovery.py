@@ -23,7 +23,7 @@ from mirror_assets.defs.sensors import discovery_sensor
 from mirror_assets.names import DISCOVERY_JOB
 from mirror_assets.network.xrpc import UnavailableError
 from mirror_assets.runs.discovery import REPASS_AFTER, CollectionPass, run_discovery
-from mirror_assets.store.file import Store
+from mirror_assets.store.file import FileStore
 from tests.support.atproto_server import LIST_REPOS_BY_COLLECTION, AtprotoStandIn, endpoint_of
 from tests.support.dagster_helpers import add_run, metadata_of
 from tests.support.events_factory import CARD, PAGE, account, create, numbered_did
@@ -71,7 +71,7 @@ class State:
 
 
 def discovery_state(settings: Settings) -> dict[str, State]:
-    with Store(settings.db_path).reading() as con:
+    with FileStore(settings.db_path).reading() as con:
         rows = con.execute(
             "SELECT collection, relay, cursor, repos_listed, dids_queued, pass_started_at, "
             "completed_at FROM discovery_state"
@@ -80,13 +80,13 @@ def discovery_state(settings: Settings) -> dict[str, State]:
 
 
 def backfills(settings: Settings) -> dict[tuple[str, str], str]:
-    with Store(settings.db_path).reading() as con:
+    with FileStore(settings.db_path).reading() as con:
         rows = con.execute("SELECT did, collection, status FROM backfills").fetchall()
     return {(did, collection): status for did, collection, status in rows}
 
 
 def accounts(settings: Settings) -> dict[str, str]:
-    with Store(settings.db_path).reading() as con:
+    with FileStore(settings.db_path).reading() as con:
         return dict(con.execute("SELECT did, status FROM accounts").fetchall())
 
 
@@ -301,7 +301,7 @@ def test_known_dids_are_not_queued_again_and_deleted_accounts_get_no_backfill(
             account(gone, active=False, status="deleted", t=2),
         ],
     )
-    with Store(settings.db_path).writing() as tx:
+    with FileStore(settings.db_path).writing() as tx:
         tx.con.execute("UPDATE backfills SET status = 'complete' WHERE did = ?", [seen]).fetchall()
     assert backfills(settings) == {(seen, CARD): "complete"}
 
@@ -320,7 +320,7 @@ def test_a_pass_older_than_repass_after_is_made_anew(tmp_path: Path, net: Atprot
     run_discovery(settings)
 
     def age_last_pass(age: timedelta) -> None:
-        with Store(settings.db_path).writing() as tx:
+        with FileStore(settings.db_path).writing() as tx:
             tx.con.execute(
                 "UPDATE discovery_state SET completed_at = ?, pass_started_at = ?",
                 [datetime.now(UTC) - age, datetime.now(UTC) - age],
@@ -445,7 +445,7 @@ def test_discovery_sensor_asks_for_collections_never_completed_on_this_relay(
     assert skipped.skip_message == "every tracked collection has a complete pass on the relay"
 
     # A first pass that stopped midway is not complete: the sensor asks again.
-    with Store(both.db_path).writing() as tx:
+    with FileStore(both.db_path).writing() as tx:
         tx.con.execute(
             "UPDATE discovery_state SET cursor = 'did:plc:x', completed_at = NULL "
             "WHERE collection = ?",

@@ -22,7 +22,7 @@ from mirror_assets.atproto.refusals import Reason
 from mirror_assets.config import BackfillLimits, IngestLimits, Settings
 from mirror_assets.defs.resources import MirrorResource
 from mirror_assets.model.backfills import queue
-from mirror_assets.store.file import Store
+from mirror_assets.store.file import FileStore
 from tests.support.atproto_server import AtprotoStandIn
 from tests.support.dagster_helpers import metadata_of, run_backfill_job, run_job
 from tests.support.events_factory import (
@@ -186,7 +186,7 @@ def test_a_hostile_stream_stops_no_ingest_and_stores_nothing_it_refuses(
     samples = metadata["refusal_samples"]
     assert set(samples) == {str(reason) for reason in expected}
 
-    with Store(db).reading() as con:
+    with FileStore(db).reading() as con:
         stored = con.execute("SELECT uri FROM record_versions ORDER BY uri").fetchall()
         accounts = {row[0] for row in con.execute("SELECT did FROM accounts").fetchall()}
         cursor = con.execute("SELECT cursor_us FROM ingest_state").fetchall()[0][0]
@@ -297,7 +297,7 @@ def test_a_hostile_pds_fails_only_its_own_listings_and_every_good_record_lands(
     net.put_raw_record(deep, CARD, tid(BASE_US), cid_of({}), '{"a":' * 5000 + "1" + "}" * 5000)
     db = tmp_path / "mirror.duckdb"
     mirror = MirrorResource.from_settings(_settings(db, plc=net.url))
-    with Store(db).writing() as tx:
+    with FileStore(db).writing() as tx:
         queue(tx.con, [(d, CARD) for d in everyone])
 
     result = run_backfill_job(mirror, instance, list(everyone))
@@ -315,7 +315,7 @@ def test_a_hostile_pds_fails_only_its_own_listings_and_every_good_record_lands(
     assert "nested too deep" in metadata["errors_sample"][f"{deep} {CARD}"]
     assert set(metadata["refusal_samples"]) == {str(reason) for reason in expected}
 
-    with Store(db).reading() as con:
+    with FileStore(db).reading() as con:
         stored = con.execute("SELECT did, count(*) FROM record_versions GROUP BY did").fetchall()
         statuses = dict(con.execute("SELECT did, status FROM backfills").fetchall())
         handles = con.execute("SELECT handle FROM accounts WHERE handle IS NOT NULL").fetchall()

@@ -17,7 +17,7 @@ from mirror_assets.defs.sensors import identity_sensor
 from mirror_assets.model.backfills import queue
 from mirror_assets.runs.backfill import run_backfill
 from mirror_assets.runs.identities import run_identity_checks
-from mirror_assets.store.file import Store
+from mirror_assets.store.file import FileStore
 from mirror_assets.store.schema import MIGRATIONS
 from tests.support.atproto_server import PLC, AtprotoStandIn
 from tests.support.dagster_helpers import metadata_of, run_job
@@ -67,7 +67,7 @@ def test_a_backfill_keeps_a_handle_only_when_it_resolves_back_to_the_did(
     _claim(dns, "famous.test", ALICE)
     for did in (ALICE, BOB, CAROL):
         net.create_records(did, CARD, 2)
-    with Store(db).writing() as tx:
+    with FileStore(db).writing() as tx:
         queue(tx.con, [(did, CARD) for did in (ALICE, BOB, CAROL)])
 
     report = run_backfill(settings_for(db, net, dns), [ALICE, BOB, CAROL])
@@ -152,7 +152,7 @@ def test_handles_stored_before_they_were_verified_are_dropped_and_checked_again(
     )
     con.close()
 
-    Store(db).init()
+    FileStore(db).init()
 
     assert snapshot(db).accounts == {
         ALICE: Account(None, "active", hidden=False, identity_stale=True),

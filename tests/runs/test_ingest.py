@@ -13,7 +13,7 @@ from mirror_assets.atproto.nsids import CollectionFilter
 from mirror_assets.config import IngestLimits, Settings
 from mirror_assets.network.jetstream import JetstreamUnavailableError
 from mirror_assets.runs.ingest import IngestReport, run_ingest
-from mirror_assets.store.file import Store
+from mirror_assets.store.file import FileStore
 from tests.support.events_factory import (
     BASE_US,
     CARD,
@@ -356,7 +356,7 @@ def test_an_identity_event_keeps_a_verified_handle_it_repeats_and_drops_another(
 ) -> None:
     serve(server, [create(ALICE, "a", rev=1, t=1), create(BOB, "b", rev=1, t=2)])
     run_ingest(settings(db, server.url))
-    with Store(db).writing() as tx:  # as a check of both identities would leave them
+    with FileStore(db).writing() as tx:  # as a check of both identities would leave them
         tx.con.execute(
             "UPDATE accounts SET handle = lower(split_part(did, ':', 3)) || '.test', "
             "identity_stale = false"

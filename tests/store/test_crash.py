@@ -38,7 +38,7 @@ from typing import Any
 import duckdb
 import pytest
 
-from mirror_assets.store.file import Store
+from mirror_assets.store.file import FileStore
 from mirror_assets.store.lock import read_lock
 from mirror_assets.store.schema import current_version
 from tests.support.events_factory import did, numbered_did
@@ -520,7 +520,7 @@ def test_restart_between_a_new_accounts_handle_and_first_commit_changes_nothing(
         events.append({"did": author, "time_us": time_us, "kind": "commit", "commit": commit})
 
     def handles(db: Path) -> list[tuple[Any, ...]]:
-        with Store(db).reading() as con:
+        with FileStore(db).reading() as con:
             return con.execute(
                 "SELECT did, handle, identity_stale FROM accounts ORDER BY did"
             ).fetchall()

@@ -23,7 +23,7 @@ from mirror_assets.model.backfills import queue
 from mirror_assets.names import INGEST_JOB
 from mirror_assets.runs.backfill import run_backfill
 from mirror_assets.runs.ingest import run_ingest
-from mirror_assets.store.file import DiskFullError, Store
+from mirror_assets.store.file import DiskFullError, FileStore
 from tests.support.api_helpers import api_client, settings_for
 from tests.support.atproto_server import AtprotoStandIn
 from tests.support.events_factory import CARD, create, did
@@ -66,7 +66,7 @@ def _free_bytes(path: Path) -> int:
 
 
 def _rows(db: Path) -> int:
-    with Store(db).reading() as con:
+    with FileStore(db).reading() as con:
         return int(con.execute("SELECT count(*) FROM records").fetchall()[0][0])
 
 
@@ -96,7 +96,7 @@ def test_ingest_on_a_full_disk_moves_nothing_and_resumes_when_space_returns(disk
         with full(disk):
             with pytest.raises(DiskFullError, match=r"its disk is full .*nothing was lost"):
                 run_ingest(settings)
-            assert Store(db).cursor_us() == before  # the cursor moved with nothing
+            assert FileStore(db).cursor_us() == before  # the cursor moved with nothing
             assert _rows(db) == 50
             # The API reads the file as it is.
             with api_client(settings_for(db, CARD)) as client:
@@ -122,14 +122,14 @@ def test_a_backfill_on_a_full_disk_loses_no_page(disk: Path) -> None:
             collections=CollectionFilter.parse(CARD),
             backfill=BackfillLimits(http_backoff_seconds=0.01, http_attempts=2),
         )
-        with Store(db).writing() as tx:
+        with FileStore(db).writing() as tx:
             queue(tx.con, [(user, CARD)])
 
         with full(disk), pytest.raises(Exception) as failed:
             run_backfill(settings, [user])
         chain = [failed.value, failed.value.__cause__, failed.value.__context__]
         assert any(isinstance(error, DiskFullError) for error in chain), failed.value
-        with Store(db).reading() as con:
+        with FileStore(db).reading() as con:
             [(status,)] = con.execute("SELECT status FROM backfills").fetchall()
         assert status != "complete"
 

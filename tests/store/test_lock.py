@@ -32,7 +32,7 @@ from unittest.mock import patch
 import duckdb
 import pytest
 
-from mirror_assets.store.file import Store
+from mirror_assets.store.file import FileStore
 from mirror_assets.store.lock import LockTimeoutError, LockWait, read_lock, write_lock
 from tests.support.proc_locks import flock_holders
 
@@ -201,7 +201,7 @@ def _writer_under_load(db: str, log: str, rounds: int, go: Event, waits: Queue[f
 def _logging_duckdb_conflicts(log: str) -> Iterator[None]:
     """Log every failed `duckdb.connect` of this process.
 
-    `Store` retries a DuckDB "Could not set lock" (for outside processes such as an
+    `FileStore` retries a DuckDB "Could not set lock" (for outside processes such as an
     analyst's shell), which would hide a broken protocol; our own processes must never see it.
     """
     connect = duckdb.connect
@@ -218,7 +218,7 @@ def _logging_duckdb_conflicts(log: str) -> Iterator[None]:
 
 
 def _duckdb_writer(db: str, log: str, iterations: int, go: Event, errors: Queue[str]) -> None:
-    store = Store(Path(db), lock_timeout=WAIT)
+    store = FileStore(Path(db), lock_timeout=WAIT)
     go.wait(WAIT)
     try:
         with _logging_duckdb_conflicts(log):
@@ -238,7 +238,7 @@ def _duckdb_writer(db: str, log: str, iterations: int, go: Event, errors: Queue[
 
 def _duckdb_reader(db: str, log: str, stop: Event, go: Event, results: Queue[Any]) -> None:
     """Read until told to stop; report every (count, max) seen, or the first error."""
-    store = Store(Path(db), lock_timeout=WAIT)
+    store = FileStore(Path(db), lock_timeout=WAIT)
     seen: list[tuple[int, int]] = []
     go.wait(WAIT)
     try:
@@ -472,8 +472,8 @@ def test_timeout_raises_a_clear_error(
 def test_duckdb_writer_and_reader_processes_never_conflict(
     db: Path, tmp_path: Path, spawn: Callable[..., BaseProcess]
 ) -> None:
-    """Store.writing() in one process, Store.reading() in another: DuckDB never sees both."""
-    with Store(db).writing() as tx:
+    """writing() in one process, reading() in another: DuckDB never sees both."""
+    with FileStore(db).writing() as tx:
         tx.con.execute("CREATE TABLE counter (i INTEGER)")
     log = str(tmp_path / "log")
     stop, go = SPAWN.Event(), SPAWN.Event()
@@ -495,7 +495,7 @@ def test_duckdb_writer_and_reader_processes_never_conflict(
     # Every read saw a committed state, and states only moved forward.
     assert all(count == top + 1 for count, top in seen), "a read saw a half-written state"
     assert [count for count, _ in seen] == sorted(count for count, _ in seen)
-    with Store(db).reading() as con:
+    with FileStore(db).reading() as con:
         assert con.execute("SELECT count(*) FROM counter").fetchone() == (iterations,)
 
     # And the two really took turns: a process kept trying while the other was inside.

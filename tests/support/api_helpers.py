@@ -25,7 +25,7 @@ from mirror_api.app import create_app
 from mirror_assets.atproto.nsids import CollectionFilter
 from mirror_assets.config import Settings
 from mirror_assets.model.backfills import queue
-from mirror_assets.store.file import Store
+from mirror_assets.store.file import FileStore
 from tests.support.events_factory import CARD, Event, event_uri
 from tests.support.ports import free_port
 
@@ -111,7 +111,7 @@ def set_backfill(
 ) -> None:
     """Give (did, collection) a backfill row in the given status (and last error), through
     the write path."""
-    with Store(db_path).writing() as tx:
+    with FileStore(db_path).writing() as tx:
         queue(tx.con, [(did, collection)])
         tx.con.execute(
             "UPDATE backfills SET status = ?, last_error = ? WHERE did = ? AND collection = ?",
@@ -122,7 +122,7 @@ def set_backfill(
 def set_handle(db_path: Path, did: str, handle: str) -> None:
     """Give a known account its handle, as the identity check stores one it has verified
     both ways (the only handles `accounts.handle` holds)."""
-    with Store(db_path).writing() as tx:
+    with FileStore(db_path).writing() as tx:
         updated = tx.con.execute(
             "UPDATE accounts SET handle = ? WHERE did = ?", [handle, did]
         ).fetchall()
@@ -156,7 +156,7 @@ def store_rows(
             "time_us": pa.array(times, pa.int64()),
         }
     )
-    with Store(db_path).writing() as tx:
+    with FileStore(db_path).writing() as tx:
         if not compressed:  # applies when the transaction's changes are checkpointed
             tx.con.execute("SET force_compression = 'uncompressed'")
         tx.con.register("stored_rows", rows)
@@ -268,7 +268,7 @@ def run_writer(db_path: str, out_path: str, seconds: float) -> None:
     from tests.support.events_factory import CARD, create, delete, did, update
     from tests.support.store_helpers import batch_of
 
-    store = Store(Path(db_path), lock_timeout=30.0)
+    store = FileStore(Path(db_path), lock_timeout=30.0)
     deadline = time.monotonic() + seconds
     n = 0
     with Path(out_path).open("a") as out:

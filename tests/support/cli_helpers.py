@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from mirror_assets.analytics.summaries import rebuild_summaries
-from mirror_assets.store.file import Store
+from mirror_assets.store.file import FileStore
 from tests.support.events_factory import CARD, PAGE, create, delete, did
 from tests.support.store_helpers import apply_events
 
@@ -75,7 +75,7 @@ def fill_mirror(db: Path) -> None:
             create(CAROL, "o2", rev=2, t=9, collection=OTHER),
         ],
     )
-    with Store(db).writing() as tx:
+    with FileStore(db).writing() as tx:
         rebuild_summaries(tx.con)
         tx.con.execute(
             "INSERT INTO discovery_state VALUES (?, 'https://relay.test', NULL, 3, 1, now(), "
@@ -152,13 +152,13 @@ BACKFILL_STATES: list[dict[str, Any]] = [
 
 def table_rows(db: Path, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
     """Every row a query answers, read through the lock."""
-    with Store(db).reading() as con:
+    with FileStore(db).reading() as con:
         return con.execute(sql, params).fetchall()
 
 
 def dump(db: Path) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of every table, sorted: to show that a command changed nothing."""
-    with Store(db).reading() as con:
+    with FileStore(db).reading() as con:
         tables = [row[0] for row in con.execute("SHOW TABLES").fetchall()]
         return {
             table: sorted(con.execute(f'SELECT * FROM "{table}"').fetchall(), key=repr)

@@ -1,4 +1,6 @@
-"""Applying event dicts to a real DuckDB file, and reading back everything a test asserts on."""
+"""Applying event dicts to a real store, and reading back everything a test asserts on.
+
+Each helper takes the store, or the path of a mirror file (a `FileStore` there)."""
 
 from __future__ import annotations
 
@@ -10,10 +12,18 @@ from pathlib import Path
 from mirror_assets.atproto.events import BadFrame, CursorGap, decode_frame
 from mirror_assets.model.apply import ApplyResult, apply_batch
 from mirror_assets.model.batch import BatchBuilder, EventBatch
-from mirror_assets.store.file import Store
+from mirror_assets.store.contract import MirrorStore
+from mirror_assets.store.file import FileStore
 from tests.support.events_factory import Event, RecordRow, TombstoneRow, latest_us
 
 ENDPOINT = "ws://jetstream.test"
+
+Where = Path | MirrorStore
+
+
+def store_of(where: Where) -> MirrorStore:
+    """The store itself, or the file store at a path."""
+    return FileStore(where) if isinstance(where, Path) else where
 
 
 def batch_of(
@@ -32,7 +42,7 @@ def batch_of(
 
 
 def apply_events(
-    path: Path,
+    path: Where,
     events: Iterable[Event],
     *,
     endpoint: str = ENDPOINT,
@@ -40,15 +50,15 @@ def apply_events(
 ) -> ApplyResult:
     """Apply the events as one batch in one write transaction."""
     batch = batch_of(events, endpoint=endpoint, gaps=gaps)
-    with Store(path).writing() as tx:
+    with store_of(path).writing() as tx:
         return apply_batch(tx.con, batch)
 
 
-def store_cursor(path: Path, cursor_us: int, endpoint: str = ENDPOINT) -> None:
+def store_cursor(path: Where, cursor_us: int, endpoint: str = ENDPOINT) -> None:
     """Commit a cursor with no events, as a run that read only untracked traffic would."""
     builder = BatchBuilder()
     builder.advance(cursor_us, endpoint)
-    with Store(path).writing() as tx:
+    with store_of(path).writing() as tx:
         apply_batch(tx.con, builder.build())
 
 
@@ -83,10 +93,10 @@ class Snapshot:
     gaps: list[tuple[str, int, int, float]] = field(default_factory=list)
 
 
-def snapshot(path: Path) -> Snapshot:
+def snapshot(path: Where) -> Snapshot:
     """Read the whole store through the read lock."""
     snap = Snapshot()
-    with Store(path).reading() as con:
+    with store_of(path).reading() as con:
         for did_, collection, rkey, cid, record, rev_, time_us in con.execute(
             "SELECT did, collection, rkey, cid, record, rev, time_us FROM records"
         ).fetchall():
