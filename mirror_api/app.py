@@ -16,7 +16,7 @@ from mirror_api.dependencies import Services
 from mirror_api.errors import EXCEPTION_HANDLERS, json_not_found
 from mirror_api.openapi import RecordJsonSchema
 from mirror_api.paging import Cursors
-from mirror_api.reader import MirrorReader
+from mirror_api.reader import reader_for
 from mirror_api.routes.backfills import BackfillController
 from mirror_api.routes.cursor import CursorController
 from mirror_api.routes.health import HealthController
@@ -37,12 +37,12 @@ async def _allow_any_origin(message: Message, scope: Scope) -> None:
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
-    reader = MirrorReader(settings.db_path, cache_bytes=settings.api_cache_bytes)
+    reader = reader_for(settings)
     dagster = DagsterClient(settings.dagster_graphql_url)
     backfills = BackfillTrigger(
         reader, dagster, settings.backfill_wait_seconds, settings.api_backfills_in_flight
     )
-    services = Services(settings, reader, backfills, Cursors(settings.db_path))
+    services = Services(settings, reader, backfills, Cursors(settings))
     return Litestar(
         route_handlers=[
             HealthController,

@@ -10,12 +10,12 @@ import hmac
 import math
 import re
 from functools import cached_property
-from pathlib import Path
 
 from litestar.exceptions import HTTPException
 
 from mirror_api.cursor_key import cursor_key
 from mirror_assets.atproto.syntax import MAX_HANDLE_LENGTH, MAX_NSID_LENGTH
+from mirror_assets.config import Settings
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 100
@@ -55,15 +55,16 @@ class Cursors:
     (a number and a unique tie-breaker) and the endpoint it belongs to. A cut, altered or
     forged cursor, or one of another endpoint, is refused.
 
-    The MAC's key lives beside the mirror file (cursor_key.py) and is read on first use.
+    The MAC's key is API_CURSOR_KEY when set (API replicas on several machines share it),
+    else the one beside the mirror file (cursor_key.py), read on first use.
     """
 
-    def __init__(self, db_path: Path) -> None:
-        self._db_path = db_path
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
 
     @cached_property
     def _key(self) -> bytes:
-        return cursor_key(self._db_path)
+        return self._settings.api_cursor_key.encode() or cursor_key(self._settings.db_path)
 
     def encode(self, kind: str, number: int, text: str) -> str:
         payload = f"{kind} {number} {text}".encode()

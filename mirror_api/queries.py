@@ -13,8 +13,8 @@ from typing import Any
 import duckdb
 import msgspec
 
-from mirror_api.reader import SCHEMA
 from mirror_api.schemas import BackfillState, Record, Stats, User
+from mirror_api.sources import SCHEMA
 
 # The contract's three states; the mirror's own statuses map onto them, and `state` keeps
 # the exact one. A failed backfill will be retried; one ended by its repository

@@ -96,6 +96,19 @@ def _name_servers(value: str) -> tuple[str, ...]:
     return entries
 
 
+MIN_CURSOR_KEY_CHARACTERS = 32
+
+
+def _cursor_key(value: str) -> str:
+    """API_CURSOR_KEY: a secret of at least 32 characters (`openssl rand -hex 32`)."""
+    if value and len(value) < MIN_CURSOR_KEY_CHARACTERS:
+        raise ConfigError(
+            f"API_CURSOR_KEY has {len(value)} characters; make one of at least "
+            f"{MIN_CURSOR_KEY_CHARACTERS}, for example with `openssl rand -hex 32`"
+        )
+    return value
+
+
 LAKE_PREFIX = "ducklake:"
 
 
@@ -286,6 +299,9 @@ class Settings:
     dagster_url: str = ""  # where the API asks for backfills; "" is the local `mirror run`
     backfill_wait_seconds: float = 10.0  # how long `?did=` waits for a backfill it asked for
     api_cache_bytes: int = 64 * 1024 * 1024  # answers the API keeps, per process, at most
+    # Signs the API's page cursors; "" keeps a key beside MIRROR_DB. API replicas behind one
+    # address share one (a cursor made by one is good at all), so the lake's need it set.
+    api_cursor_key: str = field(default="", repr=False)
     api_backfills_in_flight: int = 4  # `?did=` backfill runs queued or running at once
     sql_timeout_seconds: float = 30.0  # `mirror sql` stops a query after this long
     sql_memory_limit: str = "1GB"  # and lets DuckDB use this much memory for it
@@ -306,6 +322,7 @@ class Settings:
     @property
     def store_name(self) -> str:
         """The store as messages name it: the file, or the lake's data path."""
+        # Not the catalog: its connection string may hold a password.
         return str(self.db_path) if self.lake is None else f"the lake at {self.data_path}"
 
     @property
@@ -344,6 +361,7 @@ class Settings:
             dagster_url=get("DAGSTER_URL", "") or cls.dagster_url,
             backfill_wait_seconds=_number("API_BACKFILL_WAIT_SECONDS", cls.backfill_wait_seconds),
             api_cache_bytes=int(_number("API_CACHE_BYTES", cls.api_cache_bytes)),
+            api_cursor_key=_cursor_key(get("API_CURSOR_KEY", "")),
             api_backfills_in_flight=int(
                 _number("API_BACKFILLS_IN_FLIGHT", cls.api_backfills_in_flight)
             ),

@@ -42,8 +42,7 @@ ANALYTICS = "analytics"
     ],
 )
 def collection_summaries(mirror: MirrorResource) -> Iterator[dg.MaterializeResult[None]]:
-    with open_store(mirror.settings()).writing() as tx:
-        counts = rebuild_summaries(tx.con)
+    counts, _ = open_store(mirror.settings()).transact(rebuild_summaries)
     yield dg.MaterializeResult(
         asset_key="user_counts", metadata={"dagster/row_count": counts.user_rows}
     )
@@ -64,8 +63,7 @@ def collection_summaries(mirror: MirrorResource) -> Iterator[dg.MaterializeResul
     ),
 )
 def daily_activity(mirror: MirrorResource) -> dg.MaterializeResult[None]:
-    with open_store(mirror.settings()).writing() as tx:
-        counts = roll_up_activity(tx.con)
+    counts, _ = open_store(mirror.settings()).transact(roll_up_activity)
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": counts.days,

@@ -76,8 +76,9 @@ def _collections_of(settings: Settings, did: str) -> list[str]:
 
 
 def cmd_init(settings: Settings, _: argparse.Namespace) -> int:
-    open_store(settings).init()
-    print(f"{settings.db_path}: schema ready")
+    store = open_store(settings)
+    store.init()
+    print(f"{store.name}: schema ready")
     return 0
 
 
@@ -99,11 +100,11 @@ def cmd_reset(settings: Settings, args: argparse.Namespace) -> int:
     if not _confirmed(
         args,
         "deletes every record",
-        f"Delete every record, cursor and backfill in {settings.db_path}?",
+        f"Delete every record, cursor and backfill in {settings.store_name}?",
     ):
         return 1
     open_store(settings).reset()
-    print(f"{settings.db_path}: all data dropped, schema recreated; the next ingest starts live")
+    print(f"{settings.store_name}: all data dropped, schema recreated; the next ingest starts live")
     return 0
 
 
@@ -114,12 +115,11 @@ def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
         args,
         f"deletes every row of {collection}",
         f"Delete every record, tombstone, backfill and summary of {collection} "
-        f"in {settings.db_path}?",
+        f"in {settings.store_name}?",
     ):
         return 1
-    with open_store(settings).writing() as tx:
-        removed = admin.purge_collection(tx.con, collection)
-    print(f"{collection}: {sum(removed.values())} rows removed from {settings.db_path}")
+    removed, _ = open_store(settings).transact(lambda con: admin.purge_collection(con, collection))
+    print(f"{collection}: {sum(removed.values())} rows removed from {settings.store_name}")
     width = max(map(len, removed), default=0)
     for table, count in removed.items():
         print(f"  {table:<{width}} {count:>10}")
@@ -152,8 +152,7 @@ def cmd_reset_cursor(settings: Settings, args: argparse.Namespace) -> int:
     )
     if not _confirmed(args, "moves the ingest cursor", question):
         return 1
-    with open_store(settings).writing() as tx:
-        old = cursor.set_cursor(tx.con, target)
+    old, _ = open_store(settings).transact(lambda con: cursor.set_cursor(con, target))
     print(f"cursor: {admin.cursor_text(old)} -> {admin.cursor_text(target)}")
     for line in admin.cursor_notes(old, target, time.time()):
         print(line)
@@ -174,8 +173,7 @@ def cmd_reset_backfills(settings: Settings, args: argparse.Namespace) -> int:
     which = _selection_text(selection)
     if not _confirmed(args, f"restarts {which}", f"Restart {which} from their first page?"):
         return 1
-    with open_store(settings).writing() as tx:
-        before = backfills.restart(tx.con, selection)
+    before, _ = open_store(settings).transact(lambda con: backfills.restart(con, selection))
     if not before:
         print(f"no backfills match ({which}): nothing changed")
         return 0
@@ -199,7 +197,7 @@ def _selection_text(selection: backfills.Selection) -> str:
 def cmd_sql(settings: Settings, args: argparse.Namespace) -> int:
     """One read-only query, printed as a table, CSV or JSON."""
     limits = QueryLimits(settings.sql_timeout_seconds, settings.sql_memory_limit)
-    result = run_query(settings.db_path, args.query, args.max_rows, limits)
+    result = run_query(settings.lake or settings.db_path, args.query, args.max_rows, limits)
     sys.stdout.write(format_result(result, args.format))
     more = "; more rows match: raise --max-rows" if result.truncated else ""
     if args.format == "table":

@@ -37,9 +37,12 @@ from uuid import UUID
 
 import duckdb
 
+from mirror_assets.config import LakeLocation
+from mirror_assets.store import extensions
+from mirror_assets.store.lake import CATALOG, attach
 from mirror_assets.store.lock import read_lock
 
-ATTACHED_AS = "mirror"
+ATTACHED_AS = CATALOG
 FORMATS = ("table", "csv", "json")
 MAX_CELL = 60  # characters of a value shown in the table format (csv and json keep all)
 _NUMBERS = (int, float, Decimal)
@@ -67,17 +70,17 @@ class QueryLimits:
 
 
 def run_query(
-    db_path: Path,
+    where: Path | LakeLocation,
     sql: str,
     max_rows: int,
     limits: QueryLimits = QueryLimits(),
     lock_timeout: float = 120.0,
 ) -> QueryResult:
-    """Run one read-only query and fetch at most `max_rows` rows of it."""
-    if not db_path.exists():
-        raise QueryRefusedError(f"no mirror at {db_path} yet: run `mirror init` or `mirror run`")
+    """Run one read-only query on the file or the lake, and fetch at most `max_rows` rows."""
+    if isinstance(where, Path) and not where.exists():
+        raise QueryRefusedError(f"no mirror at {where} yet: run `mirror init` or `mirror run`")
     try:
-        with read_lock(db_path, lock_timeout), read_only_instance(db_path, limits) as con:
+        with _read_locked(where, lock_timeout), read_only_instance(where, limits) as con:
             check_statement(con, sql)
             # The lock is held while the query runs: a query that runs long is stopped, so
             # writers and the API wait at most this long for it.
@@ -110,16 +113,31 @@ def run_query(
 
 
 @contextmanager
+def _read_locked(where: Path | LakeLocation, timeout: float) -> Iterator[None]:
+    """The file's read lock; the lake needs none (a read sees one snapshot)."""
+    if isinstance(where, LakeLocation):
+        yield
+        return
+    with read_lock(where, timeout):
+        yield
+
+
+@contextmanager
 def read_only_instance(
-    db_path: Path,
+    where: Path | LakeLocation,
     limits: QueryLimits = QueryLimits(),
 ) -> Iterator[duckdb.DuckDBPyConnection]:
-    """An in-memory DuckDB with the file attached READ_ONLY as the default database, and no
-    way out to the file system. The caller holds the read lock."""
-    con = duckdb.connect(":memory:")
+    """An in-memory DuckDB with the file or the lake attached READ_ONLY as the default
+    database, and no way out to the file system (but for the lake's own data files). The
+    caller holds the file's read lock."""
+    con = duckdb.connect(":memory:", config=extensions.NO_DOWNLOADS)
     try:
-        path = str(db_path.absolute()).replace("'", "''")
-        con.execute(f"ATTACH '{path}' AS {ATTACHED_AS} (READ_ONLY)")
+        if isinstance(where, LakeLocation):
+            attach(con, where, read_only=True)
+            con.execute("SET allowed_directories = ?", [[where.data_path]])
+        else:
+            path = str(where.absolute()).replace("'", "''")
+            con.execute(f"ATTACH '{path}' AS {ATTACHED_AS} (READ_ONLY)")
         con.execute(f"USE {ATTACHED_AS}")  # so tables answer to their plain names
         con.execute("SET TimeZone = 'UTC'")  # times print as the mirror stores them
         con.execute("SET memory_limit = ?", [limits.memory_limit])

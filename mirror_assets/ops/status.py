@@ -131,7 +131,7 @@ def _counts(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, int]:
 
 
 def format_status(settings: Settings, status: MirrorStatus) -> str:
-    lines = [f"file: {settings.db_path} (schema {status.schema_version})"]
+    lines = [f"store: {settings.store_name} (schema {status.schema_version})"]
     lines.append(f"tracked collections: {settings.collections}")
     if status.cursor_us is None:
         lines.append("cursor: none yet (the next ingest starts live)")

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
 
+import duckdb
 import pyarrow as pa
 
 from mirror_assets.atproto.nsids import CollectionFilter
@@ -169,9 +170,11 @@ def _claim(
     restart: Sequence[tuple[str, str]],
     ttl: float,
 ) -> tuple[list[Task], dict[str, str]]:
-    with store.writing() as tx:
-        tasks = claim(tx.con, dids, collections, restart)
-        return tasks, cached_pdses(tx.con, [task.did for task in tasks], ttl)
+    def claim_and_look_up(con: duckdb.DuckDBPyConnection) -> tuple[list[Task], dict[str, str]]:
+        tasks = claim(con, dids, collections, restart)
+        return tasks, cached_pdses(con, [task.did for task in tasks], ttl)
+
+    return store.transact(claim_and_look_up)[0]
 
 
 def _done_dids(store: MirrorStore, dids: Sequence[str]) -> list[str]:

@@ -149,8 +149,11 @@ def _commit_page(
     cursor: str | None,
 ) -> int:
     """Queue the page's DIDs and save the pass's position, in one transaction."""
-    with store.writing() as tx:
-        queued = queue(tx.con, [(did, state.collection) for did in dids])
-        first = state.pages == 1 and not state.resumed
-        discovery.record_page(tx.con, state.collection, relay, cursor, listed, queued, first)
-    return queued
+    first = state.pages == 1 and not state.resumed
+
+    def write(con: duckdb.DuckDBPyConnection) -> int:
+        queued = queue(con, [(did, state.collection) for did in dids])
+        discovery.record_page(con, state.collection, relay, cursor, listed, queued, first)
+        return queued
+
+    return store.transact(write)[0]

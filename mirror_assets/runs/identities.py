@@ -16,6 +16,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import duckdb
+
 from mirror_assets.config import Settings
 from mirror_assets.model.accounts import (
     Resolved,
@@ -104,6 +106,9 @@ async def check_identities(settings: Settings, store: MirrorStore) -> IdentityRe
 
 def _record(store: MirrorStore, resolved: Sequence[Resolved], checked: Sequence[str]) -> None:
     """Write what was found, and end the check of every DID taken on."""
-    with store.writing() as tx:
-        record_identities(tx.con, resolved)
-        end_identity_checks(tx.con, checked)
+
+    def write(con: duckdb.DuckDBPyConnection) -> None:
+        record_identities(con, resolved)
+        end_identity_checks(con, checked)
+
+    store.transact(write)

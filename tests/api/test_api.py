@@ -24,16 +24,18 @@ import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
 
-from mirror_api import app as app_module
+from mirror_api import reader as reader_module
 from mirror_api.cursor_key import cursor_key
 from mirror_api.paging import TAG_BYTES
-from mirror_api.reader import LINGER_SECONDS, MirrorReader
+from mirror_api.sources.file import LINGER_SECONDS, FileSource
 from mirror_assets.config import Settings
+from mirror_assets.store.contract import MirrorStore
 from mirror_assets.store.file import FileStore
 from mirror_assets.store.lock import write_lock
 from tests.support.api_helpers import (
     STORED_CID,
     api_client,
+    lake_of,
     newest_first,
     open_files_of,
     record_json,
@@ -82,13 +84,21 @@ PAGED = [f"/records/{CARD}", f"/users/{CARD}"]
 
 
 @pytest.fixture
-def settings(db: Path) -> Settings:
-    return settings_for(db)
+def settings(store: MirrorStore) -> Settings:
+    return settings_for(store)
 
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[Client]:
+    """A client of the API over each store in turn."""
     with api_client(settings) as client:
+        yield client
+
+
+@pytest.fixture
+def file_client(db: Path) -> Iterator[Client]:
+    """A client of the API over the file at `db`, for what only the file has (its lock)."""
+    with api_client(settings_for(db)) as client:
         yield client
 
 
@@ -106,8 +116,8 @@ def _get(client: Client, path: str, **params: Any) -> tuple[int, Any]:
 
 
 @pytest.mark.parametrize("path", ["/health", "/"])
-def test_health(client: Client, path: str) -> None:
-    response = client.get(path)
+def test_health(file_client: Client, path: str) -> None:
+    response = file_client.get(path)
     assert response.status_code == 200
     assert response.json() == {"status": "ok"}
     assert response.headers["access-control-allow-origin"] == "*"
@@ -116,7 +126,7 @@ def test_health(client: Client, path: str) -> None:
 # --- /cursor -------------------------------------------------------------------------------
 
 
-def test_every_endpoint_answers_before_the_file_exists(client: Client, db: Path) -> None:
+def test_every_endpoint_answers_before_the_file_exists(client: Client, store: MirrorStore) -> None:
     """No run yet: an empty mirror answers, and the API does not create the file."""
     assert _get(client, "/cursor") == (200, {"cursor": None})
     assert _get(client, f"/records/{CARD}") == (200, {"records": []})
@@ -129,17 +139,20 @@ def test_every_endpoint_answers_before_the_file_exists(client: Client, db: Path)
         200,
         {"did": ALICE, "collection": CARD, "status": "unknown", "state": None},
     )
-    assert not db.exists(), "the API must never create or write the DuckDB file"
+    if isinstance(store, FileStore):
+        assert not store.path.exists(), "the API must never create or write the DuckDB file"
+    else:
+        assert not any(Path(lake_of(store).data_path).rglob("*")), "the API wrote to the lake"
 
 
-def test_cursor_is_null_before_the_first_ingest(client: Client, db: Path) -> None:
-    FileStore(db).init()  # the schema exists, no ingest has committed a cursor
+def test_cursor_is_null_before_the_first_ingest(client: Client, store: MirrorStore) -> None:
+    store.init()  # the schema exists, no ingest has committed a cursor
     assert _get(client, "/cursor") == (200, {"cursor": None})
 
 
-def test_cursor_after_an_ingest(client: Client, db: Path) -> None:
+def test_cursor_after_an_ingest(client: Client, store: MirrorStore) -> None:
     time_us = at(5.123457)  # microseconds that a float round trip could lose
-    store_cursor(db, time_us)
+    store_cursor(store, time_us)
     status, body = _get(client, "/cursor")
     asked_at = time.time()
     assert status == 200
@@ -152,8 +165,8 @@ def test_cursor_after_an_ingest(client: Client, db: Path) -> None:
     assert abs(body["seconds_ago"] - (asked_at - time_us / SECOND)) <= 2
 
 
-def test_cursor_seconds_ago_of_a_recent_cursor(client: Client, db: Path) -> None:
-    store_cursor(db, int((time.time() - 30) * SECOND))
+def test_cursor_seconds_ago_of_a_recent_cursor(client: Client, store: MirrorStore) -> None:
+    store_cursor(store, int((time.time() - 30) * SECOND))
     status, body = _get(client, "/cursor")
     assert status == 200
     assert 29 <= body["seconds_ago"] <= 32, body
@@ -162,13 +175,13 @@ def test_cursor_seconds_ago_of_a_recent_cursor(client: Client, db: Path) -> None
 # --- /records ------------------------------------------------------------------------------
 
 
-def test_records_shape_and_order(client: Client, db: Path) -> None:
+def test_records_shape_and_order(client: Client, store: MirrorStore) -> None:
     first = create(ALICE, "a1", rev=1, t=1, text="first")
     second = create(BOB, "b1", rev=1, t=2)
     edited = update(ALICE, "a1", rev=2, t=3, text="second thoughts")
     on_page = create(ALICE, "p1", rev=3, t=4, collection=PAGE)
     third = create(ALICE, "a2", rev=4, t=5, text="ünïcödé ✓")
-    apply_events(db, [first, second, edited, on_page, third])
+    apply_events(store, [first, second, edited, on_page, third])
 
     assert _get(client, f"/records/{CARD}") == (
         200,
@@ -194,13 +207,13 @@ def _compact(value: object) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-def test_stored_records_are_served_as_stored(client: Client, db: Path) -> None:
+def test_stored_records_are_served_as_stored(client: Client, store: MirrorStore) -> None:
     """Every record a row holds is served, byte for byte: no page fails on a record that a
     decoder refuses (1e400, 2,000 levels of nesting), none is rewritten."""
-    FileStore(db).init()
+    store.init()
     records = list(STORED_AS_IS.values())
     times = [at(t) for t in range(1, len(records) + 1)]
-    uris = store_rows(db, [ALICE] * len(records), records, times)
+    uris = store_rows(store, [ALICE] * len(records), records, times)
     rkeys = [uri.rsplit("/", 1)[1] for uri in uris]
     response = client.get(f"/records/{CARD}")
     assert response.status_code == 200, response.text
@@ -213,9 +226,9 @@ def test_stored_records_are_served_as_stored(client: Client, db: Path) -> None:
     assert response.text == '{"records":[' + ",".join(reversed(items)) + "]}"
 
 
-def test_records_cursor_only_while_there_is_more(client: Client, db: Path) -> None:
+def test_records_cursor_only_while_there_is_more(client: Client, store: MirrorStore) -> None:
     events = [create(ALICE, f"r{i}", rev=i, t=i) for i in range(3)]
-    apply_events(db, events)
+    apply_events(store, events)
     expected = newest_first(record_json(e) for e in events)
 
     status, body = _get(client, f"/records/{CARD}", limit=2)
@@ -230,9 +243,11 @@ def test_records_cursor_only_while_there_is_more(client: Client, db: Path) -> No
     assert _get(client, f"/records/{CARD}", limit=3) == (200, {"records": expected})
 
 
-def test_equal_time_records_are_ordered_by_uri_descending(client: Client, db: Path) -> None:
+def test_equal_time_records_are_ordered_by_uri_descending(
+    client: Client, store: MirrorStore
+) -> None:
     events = [create(did(name), "same", rev=1, t=7) for name in ("b", "c", "a")]
-    apply_events(db, events)
+    apply_events(store, events)
     status, body = _get(client, f"/records/{CARD}")
     assert status == 200
     assert [r["did"] for r in body["records"]] == [did("c"), did("b"), did("a")]
@@ -241,11 +256,11 @@ def test_equal_time_records_are_ordered_by_uri_descending(client: Client, db: Pa
 # --- /users --------------------------------------------------------------------------------
 
 
-def test_users_shape_and_order(client: Client, db: Path) -> None:
+def test_users_shape_and_order(client: Client, store: MirrorStore) -> None:
     counts = {did("d"): 1, did("b"): 2, did("c"): 3, did("a"): 2, did("e"): 1}
     events = [create(author, f"r{i}", rev=i, t=i) for author, n in counts.items() for i in range(n)]
     events.append(create(did("z"), "p", rev=1, t=1, collection=PAGE))
-    apply_events(db, events)
+    apply_events(store, events)
     assert _get(client, f"/users/{CARD}") == (
         200,
         {
@@ -274,9 +289,9 @@ def test_users_shape_and_order(client: Client, db: Path) -> None:
 # --- /stats --------------------------------------------------------------------------------
 
 
-def test_stats(client: Client, db: Path) -> None:
+def test_stats(client: Client, store: MirrorStore) -> None:
     apply_events(
-        db,
+        store,
         [
             create(ALICE, "a1", rev=1, t=1),
             create(ALICE, "a2", rev=2, t=9),
@@ -294,9 +309,9 @@ def test_stats(client: Client, db: Path) -> None:
     )
 
 
-def test_stats_of_an_empty_tracked_collection(db: Path) -> None:
-    apply_events(db, [create(ALICE, "a1", rev=1, t=1)])
-    with api_client(settings_for(db, "app.blento.*")) as client:
+def test_stats_of_an_empty_tracked_collection(store: MirrorStore) -> None:
+    apply_events(store, [create(ALICE, "a1", rev=1, t=1)])
+    with api_client(settings_for(store, "app.blento.*")) as client:
         assert _get(client, "/stats/app.blento.empty") == (
             200,
             {
@@ -323,8 +338,8 @@ BACKFILL_STATUSES = [
 ]
 
 
-def test_backfill_unknown_without_a_row(client: Client, db: Path) -> None:
-    FileStore(db).init()
+def test_backfill_unknown_without_a_row(client: Client, store: MirrorStore) -> None:
+    store.init()
     assert _get(client, f"/backfill/{CARD}/{ALICE}") == (
         200,
         {"did": ALICE, "collection": CARD, "status": "unknown", "state": None},
@@ -332,8 +347,10 @@ def test_backfill_unknown_without_a_row(client: Client, db: Path) -> None:
 
 
 @pytest.mark.parametrize(("state", "status"), BACKFILL_STATUSES)
-def test_backfill_status_mapping(client: Client, db: Path, state: str, status: str) -> None:
-    set_backfill(db, ALICE, CARD, state)
+def test_backfill_status_mapping(
+    client: Client, store: MirrorStore, state: str, status: str
+) -> None:
+    set_backfill(store, ALICE, CARD, state)
     assert _get(client, f"/backfill/{CARD}/{ALICE}") == (
         200,
         {"did": ALICE, "collection": CARD, "status": status, "state": state},
@@ -345,17 +362,17 @@ def test_backfill_status_mapping(client: Client, db: Path, state: str, status: s
     )
 
 
-def test_a_live_record_queues_a_pending_backfill(client: Client, db: Path) -> None:
-    apply_events(db, [create(ALICE, "a1", rev=1, t=1)])
+def test_a_live_record_queues_a_pending_backfill(client: Client, store: MirrorStore) -> None:
+    apply_events(store, [create(ALICE, "a1", rev=1, t=1)])
     assert _get(client, f"/backfill/{CARD}/{ALICE}") == (
         200,
         {"did": ALICE, "collection": CARD, "status": "in_progress", "state": "pending"},
     )
 
 
-def test_backfill_errors(client: Client) -> None:
-    assert _get(client, f"/backfill/app.other.thing/{ALICE}") == (404, NOT_TRACKED)
-    assert _get(client, f"/backfill/{CARD}/not-a-did") == (400, BAD_DID)
+def test_backfill_errors(file_client: Client) -> None:
+    assert _get(file_client, f"/backfill/app.other.thing/{ALICE}") == (404, NOT_TRACKED)
+    assert _get(file_client, f"/backfill/{CARD}/not-a-did") == (400, BAD_DID)
 
 
 # --- the cursor walk -----------------------------------------------------------------------
@@ -457,8 +474,8 @@ INVALID_LIMITS = ["0", "-1", "1.5", "abc", "", " 5", "5 ", "+5", "1e2", "0x10", 
 
 @pytest.mark.parametrize("path", PAGED)
 @pytest.mark.parametrize("limit", INVALID_LIMITS)
-def test_invalid_limit_is_400(client: Client, path: str, limit: str) -> None:
-    response = client.get(path, params={"limit": limit})
+def test_invalid_limit_is_400(file_client: Client, path: str, limit: str) -> None:
+    response = file_client.get(path, params={"limit": limit})
     assert (response.status_code, response.json()) == (400, BAD_LIMIT)
     assert response.headers["access-control-allow-origin"] == "*"
 
@@ -543,9 +560,9 @@ INVALID_CURSORS = {
 
 @pytest.mark.parametrize("path", PAGED)
 @pytest.mark.parametrize("cursor", INVALID_CURSORS.values(), ids=INVALID_CURSORS.keys())
-def test_invalid_cursor_is_400(client: Client, db: Path, path: str, cursor: str) -> None:
+def test_invalid_cursor_is_400(file_client: Client, db: Path, path: str, cursor: str) -> None:
     FileStore(db).init()
-    response = client.get(path, params={"cursor": cursor})
+    response = file_client.get(path, params={"cursor": cursor})
     assert (response.status_code, response.json()) == (400, BAD_CURSOR)
     assert response.headers["access-control-allow-origin"] == "*"
 
@@ -616,14 +633,14 @@ def test_cursor_of_another_endpoint(
     ],
 )
 def test_out_of_range_cursor_is_not_a_500(
-    client: Client, db: Path, kind: str, position: str
+    client: Client, store: MirrorStore, settings: Settings, kind: str, position: str
 ) -> None:
     """Positions at and past the ends of 64 bits, signed with the file's key as if the API
     had made them: the query still answers (an empty page or the whole), or the cursor is
     refused, never a 500."""
-    apply_events(db, [create(ALICE, "a1", rev=1, t=1)])
+    apply_events(store, [create(ALICE, "a1", rev=1, t=1)])
     payload = f"{kind} {position}".encode()
-    tag = hashlib.blake2b(payload, digest_size=TAG_BYTES, key=cursor_key(db)).digest()
+    tag = hashlib.blake2b(payload, digest_size=TAG_BYTES, key=cursor_key(settings.db_path)).digest()
     status, body = _get(client, f"/{kind}/{CARD}", cursor=_b64(tag + payload))
     assert status in (200, 400), body
     assert status == 200 or body == BAD_CURSOR
@@ -640,20 +657,20 @@ COLLECTION_PATHS = ["/records/{}", "/users/{}", "/stats/{}", "/backfill/{}/" + A
     ["app.other.thing", "app.blento.cards", "app.blento.card.extra", "APP.BLENTO.CARD", "app"],
 )
 def test_untracked_collection_is_404(
-    client: Client, db: Path, template: str, collection: str
+    file_client: Client, db: Path, template: str, collection: str
 ) -> None:
     # Even with data for it in the file: only tracked collections are served.
     apply_events(db, [create(ALICE, "x", rev=1, t=1, collection="app.other.thing")])
-    response = client.get(template.format(collection))
+    response = file_client.get(template.format(collection))
     assert (response.status_code, response.json()) == (404, NOT_TRACKED)
     assert response.headers["access-control-allow-origin"] == "*"
 
 
-def test_a_collection_with_many_dots(db: Path) -> None:
+def test_a_collection_with_many_dots(store: MirrorStore) -> None:
     deep = "com.example.very.deeply.nested.thing"
     event = create(ALICE, "d1", rev=1, t=3, collection=deep)
-    apply_events(db, [event, create(BOB, "c1", rev=1, t=4)])
-    with api_client(settings_for(db, f"{CARD},{deep}")) as client:
+    apply_events(store, [event, create(BOB, "c1", rev=1, t=4)])
+    with api_client(settings_for(store, f"{CARD},{deep}")) as client:
         assert _get(client, f"/records/{deep}") == (200, {"records": [record_json(event)]})
         assert _get(client, f"/users/{deep}") == (
             200,
@@ -671,11 +688,11 @@ def test_a_collection_with_many_dots(db: Path) -> None:
         assert _get(client, f"/records/{PAGE}") == (404, NOT_TRACKED)
 
 
-def test_a_wildcard_tracks_every_collection_under_it(db: Path) -> None:
+def test_a_wildcard_tracks_every_collection_under_it(store: MirrorStore) -> None:
     anything = create(ALICE, "x1", rev=1, t=1, collection="app.blento.anything")
     card = create(BOB, "c1", rev=1, t=2)
-    apply_events(db, [anything, card])
-    with api_client(settings_for(db, "app.blento.*")) as client:
+    apply_events(store, [anything, card])
+    with api_client(settings_for(store, "app.blento.*")) as client:
         assert _get(client, "/records/app.blento.anything") == (
             200,
             {"records": [record_json(anything)]},
@@ -698,13 +715,13 @@ def test_a_wildcard_tracks_every_collection_under_it(db: Path) -> None:
 # --- ?did= ---------------------------------------------------------------------------------
 
 
-def test_did_filters_and_reports_the_backfill(client: Client, db: Path) -> None:
+def test_did_filters_and_reports_the_backfill(client: Client, store: MirrorStore) -> None:
     alice = [create(ALICE, f"a{i}", rev=i, t=i) for i in range(3)]
     others = [
         create(BOB, "b1", rev=1, t=1.5),
         create(ALICE, "p1", rev=9, t=9, collection=PAGE),
     ]
-    apply_events(db, alice + others)
+    apply_events(store, alice + others)
     pending = {"did": ALICE, "collection": CARD, "status": "in_progress", "state": "pending"}
     assert _get(client, f"/records/{CARD}", did=ALICE) == (
         200,
@@ -720,7 +737,7 @@ def test_did_filters_and_reports_the_backfill(client: Client, db: Path) -> None:
         {"records": [record_json(alice[0])], "backfill": pending},
     )
 
-    set_backfill(db, ALICE, CARD, "complete")
+    set_backfill(store, ALICE, CARD, "complete")
     status, body = _get(client, f"/records/{CARD}", did=ALICE)
     assert status == 200
     assert body["backfill"] == {
@@ -771,19 +788,19 @@ INVALID_DIDS = {
 
 
 @pytest.mark.parametrize("bad", INVALID_DIDS.values(), ids=INVALID_DIDS.keys())
-def test_invalid_did_is_400(client: Client, db: Path, bad: str) -> None:
+def test_invalid_did_is_400(file_client: Client, db: Path, bad: str) -> None:
     apply_events(db, [create(ALICE, "a1", rev=1, t=1)])
-    assert _get(client, f"/records/{CARD}", did=bad) == (400, BAD_DID)
+    assert _get(file_client, f"/records/{CARD}", did=bad) == (400, BAD_DID)
     # In the path, percent-encoded as a client must; an empty segment is no route at all.
     answer = (404, NOT_FOUND) if bad == "" else (400, BAD_DID)
-    assert _get(client, f"/backfill/{CARD}/{quote(bad, safe='')}") == answer
+    assert _get(file_client, f"/backfill/{CARD}/{quote(bad, safe='')}") == answer
 
 
 @pytest.mark.parametrize(
     "good", ["did:plc:" + "a2" * 12, "did:web:example.com", "did:web:localhost%3A2583"]
 )
-def test_dids_of_the_supported_methods_are_taken(client: Client, good: str) -> None:
-    assert _get(client, f"/records/{CARD}", did=good) == (
+def test_dids_of_the_supported_methods_are_taken(file_client: Client, good: str) -> None:
+    assert _get(file_client, f"/records/{CARD}", did=good) == (
         200,
         {
             "records": [],
@@ -791,16 +808,16 @@ def test_dids_of_the_supported_methods_are_taken(client: Client, good: str) -> N
         },
     )
     if "%" not in good:  # Litestar decodes a path parameter twice: a `%` cannot be sent
-        assert _get(client, f"/backfill/{CARD}/{good}") == (
+        assert _get(file_client, f"/backfill/{CARD}/{good}") == (
             200,
             {"did": good, "collection": CARD, "status": "unknown", "state": None},
         )
 
 
-def test_a_handle_the_mirror_knows_stands_for_its_did(client: Client, db: Path) -> None:
+def test_a_handle_the_mirror_knows_stands_for_its_did(client: Client, store: MirrorStore) -> None:
     mine = create(ALICE, "a1", rev=1, t=1)
-    apply_events(db, [mine, create(BOB, "b1", rev=1, t=2)])
-    set_handle(db, ALICE, "alice.test")
+    apply_events(store, [mine, create(BOB, "b1", rev=1, t=2)])
+    set_handle(store, ALICE, "alice.test")
     status, body = _get(client, f"/records/{CARD}", did="Alice.Test")
     assert status == 200
     assert body["records"] == [record_json(mine)]
@@ -808,25 +825,27 @@ def test_a_handle_the_mirror_knows_stands_for_its_did(client: Client, db: Path) 
     assert _get(client, f"/records/{CARD}", did="nobody.test") == (400, BAD_DID)
 
 
-def test_a_handle_only_announced_is_not_known(client: Client, db: Path) -> None:
+def test_a_handle_only_announced_is_not_known(client: Client, store: MirrorStore) -> None:
     """An identity event names a handle, but the mirror knows it only once checked both
     ways (`accounts.handle`): an announced handle is not a user the API answers for."""
-    apply_events(db, [create(ALICE, "a1", rev=1, t=1), identity(ALICE, "claimed.test", t=3)])
+    apply_events(store, [create(ALICE, "a1", rev=1, t=1), identity(ALICE, "claimed.test", t=3)])
     assert _get(client, f"/records/{CARD}", did="claimed.test") == (400, BAD_DID)
 
 
-def test_did_with_untracked_collection_is_404(client: Client) -> None:
-    assert _get(client, "/records/app.other.thing", did="not-a-did") == (404, NOT_TRACKED)
+def test_did_with_untracked_collection_is_404(file_client: Client) -> None:
+    assert _get(file_client, "/records/app.other.thing", did="not-a-did") == (404, NOT_TRACKED)
 
 
 # --- hidden accounts and deleted records ---------------------------------------------------
 
 
 @pytest.mark.parametrize("hiding", ["takendown", "deactivated", "suspended"])
-def test_hidden_accounts_are_left_out_everywhere(client: Client, db: Path, hiding: str) -> None:
+def test_hidden_accounts_are_left_out_everywhere(
+    client: Client, store: MirrorStore, hiding: str
+) -> None:
     alice = [create(ALICE, f"a{i}", rev=i, t=i) for i in range(1, 3)]
     bob = create(BOB, "b1", rev=1, t=5)
-    apply_events(db, [*alice, bob])
+    apply_events(store, [*alice, bob])
     everyone = newest_first(record_json(e) for e in [*alice, bob])
 
     def answers() -> tuple[Any, ...]:
@@ -840,7 +859,7 @@ def test_hidden_accounts_are_left_out_everywhere(client: Client, db: Path, hidin
     visible = answers()
     assert visible[0] == (200, {"records": everyone})
 
-    apply_events(db, [account(ALICE, active=False, status=hiding, t=10)])
+    apply_events(store, [account(ALICE, active=False, status=hiding, t=10)])
     assert answers() == (
         (200, {"records": [record_json(bob)]}),
         (200, {"users": [{"did": BOB, "record_count": 1}]}),
@@ -856,22 +875,22 @@ def test_hidden_accounts_are_left_out_everywhere(client: Client, db: Path, hidin
         [],
     )
 
-    apply_events(db, [account(ALICE, active=True, t=20)])
+    apply_events(store, [account(ALICE, active=True, t=20)])
     assert answers() == visible
 
 
-def test_deleted_records_never_appear(client: Client, db: Path) -> None:
+def test_deleted_records_never_appear(client: Client, store: MirrorStore) -> None:
     apply_events(
-        db,
+        store,
         [
             create(ALICE, "gone", rev=1, t=1),
             create(ALICE, "kept", rev=2, t=2),
             create(BOB, "only", rev=1, t=3),
         ],
     )
-    apply_events(db, [delete(ALICE, "gone", rev=3, t=4), delete(BOB, "only", rev=2, t=5)])
+    apply_events(store, [delete(ALICE, "gone", rev=3, t=4), delete(BOB, "only", rev=2, t=5)])
     # A replayed create older than the delete stays deleted.
-    apply_events(db, [create(ALICE, "gone", rev=1, t=1)])
+    apply_events(store, [create(ALICE, "gone", rev=1, t=1)])
     kept = record_json(create(ALICE, "kept", rev=2, t=2))
     assert _get(client, f"/records/{CARD}") == (200, {"records": [kept]})
     assert _get(client, f"/records/{CARD}", did=BOB)[1]["records"] == []
@@ -882,9 +901,9 @@ def test_deleted_records_never_appear(client: Client, db: Path) -> None:
     )
 
 
-def test_deleted_account_records_are_gone(client: Client, db: Path) -> None:
-    apply_events(db, [create(ALICE, "a1", rev=1, t=1), create(BOB, "b1", rev=1, t=2)])
-    apply_events(db, [account(ALICE, active=False, status="deleted", t=5)])
+def test_deleted_account_records_are_gone(client: Client, store: MirrorStore) -> None:
+    apply_events(store, [create(ALICE, "a1", rev=1, t=1), create(BOB, "b1", rev=1, t=2)])
+    apply_events(store, [account(ALICE, active=False, status="deleted", t=5)])
     assert _get(client, f"/users/{CARD}") == (200, {"users": [{"did": BOB, "record_count": 1}]})
 
 
@@ -905,8 +924,8 @@ def test_deleted_account_records_are_gone(client: Client, db: Path) -> None:
         "/schema/nothing-here",
     ],
 )
-def test_unknown_path_is_404(client: Client, path: str) -> None:
-    response = client.get(path)
+def test_unknown_path_is_404(file_client: Client, path: str) -> None:
+    response = file_client.get(path)
     assert response.status_code == 404
     assert response.headers["content-type"].startswith("application/json"), (
         f"{path}: a {response.headers['content-type']} 404: {response.text.strip()[:60]!r}"
@@ -940,25 +959,25 @@ CORS_CASES = {
 @pytest.mark.parametrize("origin", [None, "https://example.com", "null"])
 @pytest.mark.parametrize("case", CORS_CASES.values(), ids=CORS_CASES.keys())
 def test_cors_header_on_every_answer(
-    client: Client, case: tuple[str, str, int], origin: str | None
+    file_client: Client, case: tuple[str, str, int], origin: str | None
 ) -> None:
     method, path, status = case
     headers = {} if origin is None else {"Origin": origin}
-    response = client.request(method, path, headers=headers)
+    response = file_client.request(method, path, headers=headers)
     assert response.status_code == status
     assert response.headers.get_list("access-control-allow-origin") == ["*"]
 
 
-def test_cors_header_does_not_depend_on_origin(client: Client) -> None:
-    response = client.get("/health", headers={"Origin": "https://example.com"})
+def test_cors_header_does_not_depend_on_origin(file_client: Client) -> None:
+    response = file_client.get("/health", headers={"Origin": "https://example.com"})
     assert response.headers["access-control-allow-origin"] == "*"
 
 
 # --- OpenAPI -------------------------------------------------------------------------------
 
 
-def test_openapi_document_lists_every_path(client: Client) -> None:
-    response = client.get("/schema/openapi.json")
+def test_openapi_document_lists_every_path(file_client: Client) -> None:
+    response = file_client.get("/schema/openapi.json")
     assert response.status_code == 200
     document = json.loads(response.text)
     assert document["openapi"].startswith("3.")
@@ -981,8 +1000,8 @@ def test_openapi_document_lists_every_path(client: Client) -> None:
     assert record["type"] == "object", record
 
 
-def test_schema_page(client: Client) -> None:
-    response = client.get("/schema")
+def test_schema_page(file_client: Client) -> None:
+    response = file_client.get("/schema")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
     assert "<html" in response.text.lower()
@@ -991,19 +1010,19 @@ def test_schema_page(client: Client) -> None:
 # --- the file: fresh reads, and never held while idle --------------------------------------
 
 
-def test_reads_see_writes_made_after_the_app_started(client: Client, db: Path) -> None:
+def test_reads_see_writes_made_after_the_app_started(client: Client, store: MirrorStore) -> None:
     assert _get(client, f"/records/{CARD}") == (200, {"records": []})  # no file yet
     first = create(ALICE, "a1", rev=1, t=1)
-    apply_events(db, [first])  # creates the file while the app runs
+    apply_events(store, [first])  # creates the file while the app runs
     assert _get(client, f"/records/{CARD}") == (200, {"records": [record_json(first)]})
     second = create(BOB, "b1", rev=1, t=2)
-    apply_events(db, [second])
+    apply_events(store, [second])
     assert _get(client, f"/records/{CARD}") == (
         200,
         {"records": [record_json(second), record_json(first)]},
     )
     assert _get(client, f"/stats/{CARD}")[1]["total_records"] == 2
-    store_cursor(db, at(3))
+    store_cursor(store, at(3))
     assert _get(client, "/cursor")[1]["time_us"] == at(3)
 
 
@@ -1011,11 +1030,11 @@ def test_reads_see_writes_made_after_the_app_started(client: Client, db: Path) -
     "path",
     [*ENDPOINTS, f"/records/{CARD}?did={ALICE}", f"/records/{CARD}?limit=0", "/nope"],
 )
-def test_the_api_holds_nothing_when_idle(client: Client, db: Path, path: str) -> None:
+def test_the_api_holds_nothing_when_idle(file_client: Client, db: Path, path: str) -> None:
     """The file stays attached a moment after a request (LINGER_SECONDS), then is let go;
     a writer never waits for that moment."""
     apply_events(db, [create(ALICE, "a1", rev=1, t=1)])
-    response = client.get(path)
+    response = file_client.get(path)
     assert response.status_code in (200, 400, 404)
     deadline = time.monotonic() + LINGER_SECONDS + 5
     while open_files_of(db) and time.monotonic() < deadline:
@@ -1023,12 +1042,12 @@ def test_the_api_holds_nothing_when_idle(client: Client, db: Path, path: str) ->
     assert open_files_of(db) == [], "the DuckDB file is still open long after the request"
     # A writer gets the file right away, and so does one right after a request.
     apply_events(db, [create(BOB, "b1", rev=1, t=2)])
-    assert client.get(path).status_code == response.status_code
+    assert file_client.get(path).status_code == response.status_code
     with write_lock(db, timeout=0.1):  # raises LockTimeoutError if the API keeps the file
         assert open_files_of(db) == []
 
 
-def test_requests_wait_for_a_short_write(client: Client, db: Path) -> None:
+def test_requests_wait_for_a_short_write(file_client: Client, db: Path) -> None:
     """A request that arrives while a writer holds the file waits for it, then answers."""
     event = create(ALICE, "a1", rev=1, t=1)
     apply_events(db, [event])
@@ -1036,7 +1055,7 @@ def test_requests_wait_for_a_short_write(client: Client, db: Path) -> None:
         holding_since = time.monotonic()
         answer: dict[str, Any] = {}
         thread = threading.Thread(
-            target=lambda: answer.update(r=_get(client, f"/records/{CARD}")), daemon=True
+            target=lambda: answer.update(r=_get(file_client, f"/records/{CARD}")), daemon=True
         )
         thread.start()
         time.sleep(0.3)
@@ -1052,7 +1071,7 @@ def test_a_writer_holding_the_file_too_long_is_a_503(
     """docs/api.md: readers wait for a writer; "a 503 is for a writer that holds the
     file far past its budget". The reader's lock timeout is shortened to make it testable."""
     apply_events(db, [create(ALICE, "a1", rev=1, t=1)])
-    monkeypatch.setattr(app_module, "MirrorReader", partial(MirrorReader, lock_timeout=0.2))
+    monkeypatch.setattr(reader_module, "FileSource", partial(FileSource, lock_timeout=0.2))
     with api_client(settings_for(db)) as client, write_lock(db, timeout=1):
         response = client.get(f"/records/{CARD}")
     assert response.status_code == 503, response.text

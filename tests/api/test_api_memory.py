@@ -19,6 +19,7 @@ import pytest
 
 from mirror_api.queries import records_page
 from mirror_api.reader import MirrorReader
+from mirror_api.sources.file import FileSource
 from mirror_assets.store.file import FileStore
 from tests.support.api_helpers import ApiProcess, resident_bytes, serve_api, store_rows
 from tests.support.events_factory import CARD, at, did
@@ -119,7 +120,7 @@ def _walk_every_limit(client: httpx.Client, api: ApiProcess, settled: int) -> tu
 def test_kept_bytes_never_exceed_the_bound(large_file: Path) -> None:
     """In the process: over hundreds of distinct pages of large records, what the reader
     keeps stays within its bound, and it does keep pages (the bound is not zero)."""
-    reader = MirrorReader(large_file, cache_bytes=CACHE_BYTES)
+    reader = MirrorReader(FileSource(large_file), cache_bytes=CACHE_BYTES)
     most = 0
     try:
         for limit in range(1, 101):

@@ -1,4 +1,4 @@
-"""The API's reader: answers kept per version of the file, within a bound of bytes, and
+"""The API's reader: answers kept per version of the store, within a bound of bytes, and
 recomputed after every write."""
 
 from __future__ import annotations
@@ -13,8 +13,11 @@ import pytest
 
 from mirror_api import reader as reader_module
 from mirror_api.reader import MirrorReader
+from mirror_api.sources import file as file_source
+from mirror_api.sources.file import FileSource
+from mirror_assets.store.contract import MirrorStore
 from mirror_assets.store.lock import write_lock
-from tests.support.api_helpers import open_files_of
+from tests.support.api_helpers import open_files_of, reader_of
 from tests.support.events_factory import create, did
 from tests.support.store_helpers import apply_events
 
@@ -31,10 +34,9 @@ def _counter(calls: list[str], name: str) -> Callable[[duckdb.DuckDBPyConnection
     return count_records
 
 
-def test_a_question_is_answered_once_per_version_of_the_file(tmp_path: Path) -> None:
-    db = tmp_path / "mirror.duckdb"
-    apply_events(db, [create(ALICE, "a1", rev=1, t=1)])
-    reader, calls = MirrorReader(db), list[str]()
+def test_a_question_is_answered_once_per_version_of_the_store(store: MirrorStore) -> None:
+    apply_events(store, [create(ALICE, "a1", rev=1, t=1)])
+    reader, calls = reader_of(store), list[str]()
 
     assert reader.query("count", _counter(calls, "first")) == 1
     assert reader.query("count", _counter(calls, "again")) == 1
@@ -42,7 +44,7 @@ def test_a_question_is_answered_once_per_version_of_the_file(tmp_path: Path) -> 
     assert reader.query("other", _counter(calls, "other")) == 1
     assert calls == ["first", "other"]
 
-    apply_events(db, [create(ALICE, "a2", rev=2, t=2)])
+    apply_events(store, [create(ALICE, "a2", rev=2, t=2)])
     assert reader.query("count", _counter(calls, "after the write")) == 2
     assert calls == ["first", "other", "after the write"]
     reader.close()
@@ -62,7 +64,7 @@ def _sized(calls: list[str], name: str, size: int) -> Callable[[duckdb.DuckDBPyC
 def test_the_answers_kept_are_bounded_by_their_bytes(tmp_path: Path) -> None:
     db = tmp_path / "mirror.duckdb"
     apply_events(db, [create(ALICE, "a1", rev=1, t=1)])
-    reader, calls = MirrorReader(db, cache_bytes=100), list[str]()
+    reader, calls = MirrorReader(FileSource(db), cache_bytes=100), list[str]()
     for key in ("a", "b"):
         reader.query(key, _sized(calls, key, 40))
     assert reader.kept_bytes == 80
@@ -80,7 +82,7 @@ def test_the_answers_kept_are_bounded_by_their_bytes(tmp_path: Path) -> None:
 def test_an_answer_larger_than_the_bound_is_served_but_not_kept(tmp_path: Path) -> None:
     db = tmp_path / "mirror.duckdb"
     apply_events(db, [create(ALICE, "a1", rev=1, t=1)])
-    reader, calls = MirrorReader(db, cache_bytes=100), list[str]()
+    reader, calls = MirrorReader(FileSource(db), cache_bytes=100), list[str]()
     reader.query("small", _sized(calls, "small", 60))
     assert reader.query("huge", _sized(calls, "huge", 101)) == "x" * 99
     assert reader.kept_bytes == 60  # the small one stays; the huge one was not kept
@@ -90,14 +92,13 @@ def test_an_answer_larger_than_the_bound_is_served_but_not_kept(tmp_path: Path) 
     reader.close()
 
 
-def test_a_write_lets_go_of_every_kept_answer(tmp_path: Path) -> None:
-    db = tmp_path / "mirror.duckdb"
-    apply_events(db, [create(ALICE, "a1", rev=1, t=1)])
-    reader, calls = MirrorReader(db, cache_bytes=1000), list[str]()
+def test_a_write_lets_go_of_every_kept_answer(store: MirrorStore) -> None:
+    apply_events(store, [create(ALICE, "a1", rev=1, t=1)])
+    reader, calls = reader_of(store, cache_bytes=1000), list[str]()
     for key in ("a", "b", "c"):
         reader.query(key, _sized(calls, key, 100))
     assert reader.kept_bytes == 300
-    apply_events(db, [create(ALICE, "a2", rev=2, t=2)])
+    apply_events(store, [create(ALICE, "a2", rev=2, t=2)])
     reader.query("d", _sized(calls, "d", 100))
     assert reader.kept_bytes == 100
     reader.close()
@@ -111,7 +112,7 @@ def test_the_answers_kept_are_bounded_in_number(
     monkeypatch.setattr(reader_module, "MAX_KEPT_ANSWERS", 2)
     db = tmp_path / "mirror.duckdb"
     apply_events(db, [create(ALICE, "a1", rev=1, t=1)])
-    reader, calls = MirrorReader(db), list[str]()
+    reader, calls = MirrorReader(FileSource(db)), list[str]()
     for key in ("a", "b", "c", "a"):
         reader.query(key, _counter(calls, key))
     assert calls == ["a", "b", "c", "a"]  # "a" was the least recently used, and went
@@ -122,7 +123,7 @@ def test_the_answers_kept_are_bounded_in_number(
 
 def test_before_the_file_exists_an_empty_mirror_answers(tmp_path: Path) -> None:
     db = tmp_path / "mirror.duckdb"
-    reader, calls = MirrorReader(db), list[str]()
+    reader, calls = MirrorReader(FileSource(db)), list[str]()
     assert reader.query("count", _counter(calls, "empty")) == 0
     assert not db.exists()  # the API never creates the file
     apply_events(db, [create(ALICE, "a1", rev=1, t=1)])
@@ -135,19 +136,19 @@ def test_the_file_stays_attached_between_close_requests_and_a_writer_ends_that(
 ) -> None:
     db = tmp_path / "mirror.duckdb"
     apply_events(db, [create(ALICE, "a1", rev=1, t=1)])
-    reader, calls = MirrorReader(db), list[str]()
+    reader, calls = MirrorReader(FileSource(db)), list[str]()
     reader.query("first", _counter(calls, "first"))
     assert open_files_of(db) == [str(db)]  # kept attached for the next request
     reader.query("second", _counter(calls, "second"))
     # A writer that comes meanwhile gets the file within a few polls, not after the linger.
     waited = time.monotonic()
-    with write_lock(db, timeout=reader_module.LINGER_SECONDS / 2):
+    with write_lock(db, timeout=file_source.LINGER_SECONDS / 2):
         assert open_files_of(db) == []
-    assert time.monotonic() - waited < reader_module.LINGER_SECONDS
+    assert time.monotonic() - waited < file_source.LINGER_SECONDS
     apply_events(db, [create(ALICE, "a2", rev=2, t=2)])
     # The next request attaches the file again and sees the write.
     assert reader.query("third", _counter(calls, "third")) == 2
-    deadline = time.monotonic() + reader_module.LINGER_SECONDS + 5
+    deadline = time.monotonic() + file_source.LINGER_SECONDS + 5
     while open_files_of(db) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert open_files_of(db) == []  # let go once idle
@@ -157,7 +158,7 @@ def test_the_file_stays_attached_between_close_requests_and_a_writer_ends_that(
 def test_the_same_question_asked_at_once_is_computed_once_per_version(tmp_path: Path) -> None:
     db = tmp_path / "mirror.duckdb"
     apply_events(db, [create(ALICE, "a1", rev=1, t=1)])
-    reader, calls = MirrorReader(db), list[str]()
+    reader, calls = MirrorReader(FileSource(db)), list[str]()
     count = _counter(calls, "count")
 
     def slowly(con: duckdb.DuckDBPyConnection) -> int:

@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +22,18 @@ from litestar import Litestar
 from litestar.testing import TestClient
 
 from mirror_api.app import create_app
+from mirror_api.reader import MirrorReader, ReadSource
+from mirror_api.sources.file import FileSource
+from mirror_api.sources.lake import LakeSource
 from mirror_assets.atproto.nsids import CollectionFilter
-from mirror_assets.config import Settings
+from mirror_assets.config import LAKE_PREFIX, LakeLocation, Settings
 from mirror_assets.model.backfills import queue
+from mirror_assets.store.contract import MirrorStore
 from mirror_assets.store.file import FileStore
+from mirror_assets.store.lake import LakeStore
 from tests.support.events_factory import CARD, Event, event_uri
 from tests.support.ports import free_port
+from tests.support.store_helpers import Where, store_of
 
 ROOT = Path(__file__).resolve().parents[2]
 TRACKED = "app.blento.card,app.blento.page"
@@ -35,13 +41,20 @@ STORED_CID = "bafyreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"  # of
 
 
 def settings_for(
-    db_path: Path, collections: str = TRACKED, backfill_wait_seconds: float = 0.01
+    where: Where, collections: str = TRACKED, backfill_wait_seconds: float = 0.01
 ) -> Settings:
-    """Settings over `db_path`. `?did=` asks a Dagster that is not there (a port nobody
-    listens on: refused at once) and waits only briefly for a backfill, so a test of the
-    answer's shape does not wait the production default of 10 s."""
+    """Settings over a store (a path is the file there). `?did=` asks a Dagster that is not
+    there (a port nobody listens on: refused at once) and waits only briefly for a backfill,
+    so a test of the answer's shape does not wait the production default of 10 s."""
+    if isinstance(where, LakeStore):
+        lake = where.lake
+        settings = settings_for(
+            Path(lake.data_path).with_suffix(".duckdb"), collections, backfill_wait_seconds
+        )
+        # That file is never made: the API keeps only its cursor key beside it.
+        return replace(settings, store=LAKE_PREFIX + lake.catalog, data_path=lake.data_path)
     return Settings(
-        db_path=db_path,
+        db_path=where if isinstance(where, Path) else path_of(where),
         collections=CollectionFilter.parse(collections),
         dagster_url=f"http://127.0.0.1:{free_port()}",
         backfill_wait_seconds=backfill_wait_seconds,
@@ -107,11 +120,11 @@ def walk(
 
 
 def set_backfill(
-    db_path: Path, did: str, collection: str, status: str, error: str | None = None
+    where: Where, did: str, collection: str, status: str, error: str | None = None
 ) -> None:
     """Give (did, collection) a backfill row in the given status (and last error), through
     the write path."""
-    with FileStore(db_path).writing() as tx:
+    with store_of(where).writing() as tx:
         queue(tx.con, [(did, collection)])
         tx.con.execute(
             "UPDATE backfills SET status = ?, last_error = ? WHERE did = ? AND collection = ?",
@@ -119,10 +132,10 @@ def set_backfill(
         )
 
 
-def set_handle(db_path: Path, did: str, handle: str) -> None:
+def set_handle(where: Where, did: str, handle: str) -> None:
     """Give a known account its handle, as the identity check stores one it has verified
     both ways (the only handles `accounts.handle` holds)."""
-    with FileStore(db_path).writing() as tx:
+    with store_of(where).writing() as tx:
         updated = tx.con.execute(
             "UPDATE accounts SET handle = ? WHERE did = ?", [handle, did]
         ).fetchall()
@@ -130,7 +143,7 @@ def set_handle(db_path: Path, did: str, handle: str) -> None:
 
 
 def store_rows(
-    db_path: Path,
+    where: Where,
     dids: list[str],
     records: list[str],
     times: list[int],
@@ -156,7 +169,7 @@ def store_rows(
             "time_us": pa.array(times, pa.int64()),
         }
     )
-    with FileStore(db_path).writing() as tx:
+    with store_of(where).writing() as tx:
         if not compressed:  # applies when the transaction's changes are checkpointed
             tx.con.execute("SET force_compression = 'uncompressed'")
         tx.con.register("stored_rows", rows)
@@ -297,3 +310,21 @@ if __name__ == "__main__":
         run_writer(sys.argv[2], sys.argv[3], float(sys.argv[4]))
     else:
         sys.exit(f"usage: {sys.argv[0]} writer DB OUT SECONDS")
+
+
+def reader_of(store: MirrorStore, cache_bytes: int = Settings.api_cache_bytes) -> MirrorReader:
+    """The API's reader of a store: the file's through its lock, the lake's snapshots."""
+    source: ReadSource = (
+        FileSource(store.path) if isinstance(store, FileStore) else LakeSource(lake_of(store))
+    )
+    return MirrorReader(source, cache_bytes=cache_bytes)
+
+
+def lake_of(store: MirrorStore) -> LakeLocation:
+    assert isinstance(store, LakeStore), store
+    return store.lake
+
+
+def path_of(store: MirrorStore) -> Path:
+    assert isinstance(store, FileStore), store
+    return store.path
