@@ -274,6 +274,20 @@ class HistoryLimits(_Limits):
     }
 
 
+class LakeLimits(_Limits):
+    """How the lake's housekeeping keeps its files and snapshots few (docs/scale-out.md)."""
+
+    keep_snapshot_hours: float = 24.0  # older snapshots expire (time travel reaches this far)
+    small_file_bytes: int = 4 * 1024 * 1024  # a data file smaller than this is small
+    small_files_warn: int = 500  # more small data files than this after compaction warns
+
+    VARIABLES: ClassVar[dict[str, str]] = {
+        "keep_snapshot_hours": "LAKE_KEEP_SNAPSHOT_HOURS",
+        "small_file_bytes": "LAKE_SMALL_FILE_BYTES",
+        "small_files_warn": "LAKE_SMALL_FILES_WARN",
+    }
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the mirror needs to know about where it reads and writes."""
@@ -311,6 +325,7 @@ class Settings:
     backfill: BackfillLimits = field(default_factory=BackfillLimits)
     checks: CheckLimits = field(default_factory=CheckLimits)
     history: HistoryLimits = field(default_factory=HistoryLimits)
+    lake_limits: LakeLimits = field(default_factory=LakeLimits)
 
     @property
     def lake(self) -> LakeLocation | None:
@@ -375,4 +390,5 @@ class Settings:
             backfill=BackfillLimits.from_env(),
             checks=CheckLimits.from_env(),
             history=HistoryLimits.from_env(),
+            lake_limits=LakeLimits.from_env(),
         )

@@ -18,6 +18,7 @@ CHECKS_JOB = "checks"
 EXPORT_JOB = "export"
 RECLUSTER_JOB = "recluster"
 HISTORY_JOB = "history"
+LAKE_MAINTENANCE_JOB = "lake_maintenance"
 
 WRITER_TAG = "mirror/writer"
 REQUESTED_BY_TAG = "mirror/requested_by"  # on every run the API launches, with "api"

@@ -22,6 +22,12 @@ from mirror_assets.defs.jobs import (
     ingest_job,
     recluster_job,
 )
+from mirror_assets.defs.lake import (
+    LAKE_ASSETS,
+    LAKE_CHECKS,
+    lake_maintenance_hourly,
+    lake_maintenance_job,
+)
 from mirror_assets.defs.resources import MirrorResource
 from mirror_assets.defs.schedules import (
     checks_hourly,
@@ -35,6 +41,9 @@ from mirror_assets.defs.sensors import backfill_sensor, discovery_sensor, identi
 
 
 def build_definitions(mirror: MirrorResource) -> dg.Definitions:
+    """The mirror's definitions. The store decides its upkeep: the file is reclustered
+    nightly, the lake's files and snapshots are kept few hourly (defs/lake.py)."""
+    on_lake = mirror.settings().lake is not None
     return dg.Definitions(
         assets=[
             jetstream,
@@ -49,8 +58,9 @@ def build_definitions(mirror: MirrorResource) -> dg.Definitions:
             daily_activity,
             parquet_exports,
             dagster_history,
+            *(LAKE_ASSETS if on_lake else []),
         ],
-        asset_checks=[*DATA_CHECKS, history_size],
+        asset_checks=[*DATA_CHECKS, history_size, *(LAKE_CHECKS if on_lake else [])],
         jobs=[
             ingest_job,
             backfill_job,
@@ -58,7 +68,7 @@ def build_definitions(mirror: MirrorResource) -> dg.Definitions:
             identities_job,
             checks_job,
             export_job,
-            recluster_job,
+            lake_maintenance_job if on_lake else recluster_job,
             history_job,
         ],
         schedules=[
@@ -66,7 +76,7 @@ def build_definitions(mirror: MirrorResource) -> dg.Definitions:
             discovery_daily,
             checks_hourly,
             exports_schedule(mirror.export_cron),
-            recluster_daily,
+            lake_maintenance_hourly if on_lake else recluster_daily,
             history_daily,
         ],
         sensors=[backfill_sensor, discovery_sensor, identity_sensor],

@@ -26,6 +26,7 @@ from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventL
 
 from mirror_assets.config import HistoryLimits
 from mirror_assets.defs.checks import DATA_CHECKS
+from mirror_assets.defs.lake import LAKE_CHECKS
 from mirror_assets.defs.resources import MirrorResource
 
 MAX_RUNS_PER_PASS = 10_000  # per status group: one pass stays short; the next takes the rest
@@ -176,4 +177,5 @@ def history_size(
 
 def check_keys() -> list[dg.AssetCheckKey]:
     """Every check of the mirror, whose latest evaluation the history keeps."""
-    return [key for checks in (*DATA_CHECKS, history_size) for key in checks.check_keys]
+    every = (*DATA_CHECKS, history_size, *LAKE_CHECKS)
+    return [key for checks in every for key in checks.check_keys]

@@ -12,6 +12,7 @@ from mirror_assets.config import (
     CheckLimits,
     HistoryLimits,
     IngestLimits,
+    LakeLimits,
     Settings,
 )
 
@@ -33,6 +34,10 @@ class HistoryConfig(dg.Config, HistoryLimits):
     """HISTORY_*: how long Dagster keeps the runs it made."""
 
 
+class LakeLimitsConfig(dg.Config, LakeLimits):
+    """LAKE_*: how the lake's housekeeping keeps its files and snapshots few."""
+
+
 class MirrorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     """Where the mirror reads (Jetstream, PLC, PDSes, the relay) and writes (the DuckDB file),
     with its ingest, backfill and check limits and where its Parquet snapshots go.
@@ -40,7 +45,7 @@ class MirrorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     Defaults come from the environment (COLLECTIONS, JETSTREAM_URLS, MIRROR_DB, MIRROR_STORE,
     MIRROR_DATA_PATH, PLC_URL,
     RELAY_URL, MIRROR_ALLOW_PRIVATE_NETWORK, DNS_SERVERS, HANDLE_RESOLVER_URL, EXPORT_DIR,
-    EXPORT_CRON, INGEST_*, BACKFILL_*, CHECK_*, HISTORY_*) when the code location loads; see
+    EXPORT_CRON, INGEST_*, BACKFILL_*, CHECK_*, HISTORY_*, LAKE_*) when the code location loads; see
     `MirrorResource.from_env`.
     """
 
@@ -60,6 +65,7 @@ class MirrorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     backfill: BackfillLimitsConfig = BackfillLimitsConfig()
     checks: ChecksConfig = ChecksConfig()
     history: HistoryConfig = HistoryConfig()
+    lake_limits: LakeLimitsConfig = LakeLimitsConfig()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MirrorResource:
@@ -80,6 +86,7 @@ class MirrorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             backfill=BackfillLimitsConfig(**settings.backfill.model_dump()),
             checks=ChecksConfig(**settings.checks.model_dump()),
             history=HistoryConfig(**settings.history.model_dump()),
+            lake_limits=LakeLimitsConfig(**settings.lake_limits.model_dump()),
         )
 
     @classmethod
@@ -104,6 +111,7 @@ class MirrorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             backfill=self.backfill,
             checks=self.checks,
             history=self.history,
+            lake_limits=self.lake_limits,
         )
 
 

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import dagster as dg
 import yaml
 
-from mirror_assets.defs.definitions import defs
+from mirror_assets.config import Settings
+from mirror_assets.defs.definitions import build_definitions, defs
+from mirror_assets.defs.resources import MirrorResource
 from mirror_assets.names import WRITER_TAG
 
 ROOT = Path(__file__).resolve().parents[2]
+# The definitions of a mirror in a DuckLake: building them connects to nothing.
+LAKE_DEFS = build_definitions(
+    MirrorResource.from_settings(
+        Settings(store="ducklake:postgres:dbname=mirror", data_path="/srv/lake/")
+    )
+)
 
 
 def _parents(key: str) -> set[str]:
@@ -121,11 +130,42 @@ def test_dagster_yaml_limits_each_writer_job_and_only_those() -> None:
     assert [limit["key"] for limit in limits] == [WRITER_TAG] * len(limits)
     limited = [limit["value"] for limit in limits]
     assert len(set(limited)) == len(limited), f"a writer is limited twice: {limited}"
+    # Over the jobs of both stores' definitions (the file's and the lake's upkeep differ).
+    jobs = {job.name: job for each in (defs, LAKE_DEFS) for job in each.resolve_all_job_defs()}
     for value in limited:
-        job = defs.resolve_job_def(value)  # raises if no job has this name
-        assert job.tags.get(WRITER_TAG) == value, (value, job.tags)
-    writers = {job.name for job in defs.resolve_all_job_defs() if WRITER_TAG in job.tags}
+        assert value in jobs, f"no job {value}"
+        assert jobs[value].tags.get(WRITER_TAG) == value, (value, jobs[value].tags)
+    writers = {name for name, job in jobs.items() if WRITER_TAG in job.tags}
     assert writers == set(limited)
+
+
+def test_a_mirror_in_a_lake_keeps_the_lake_instead_of_reclustering_a_file() -> None:
+    dg.Definitions.validate_loadable(LAKE_DEFS)
+    lake_keys = {
+        key.to_user_string() for key in LAKE_DEFS.resolve_asset_graph().get_all_asset_keys()
+    }
+    file_keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
+    housekeeping = [
+        "lake_flushed_inlines",
+        "lake_compacted_files",
+        "lake_expired_snapshots",
+        "lake_deleted_files",
+    ]
+    assert lake_keys == file_keys | set(housekeeping)
+    graph = LAKE_DEFS.resolve_asset_graph()
+    for parent, child in itertools.pairwise(housekeeping):
+        assert {key.to_user_string() for key in graph.get(dg.AssetKey(child)).parent_keys} == {
+            parent
+        }
+    schedule = LAKE_DEFS.resolve_schedule_def("lake_maintenance_hourly")
+    assert (schedule.job_name, schedule.default_status) == (
+        "lake_maintenance",
+        dg.DefaultScheduleStatus.RUNNING,
+    )
+    names = {job.name for job in LAKE_DEFS.resolve_all_job_defs()}
+    assert "lake_maintenance" in names and "recluster" not in names
+    checks = {key.name for key in LAKE_DEFS.resolve_asset_graph().asset_check_keys}
+    assert {"few_small_files", "snapshots_expire"} <= checks
 
 
 def test_the_instance_greets_no_browser_with_a_dialog(tmp_path: Path) -> None:
