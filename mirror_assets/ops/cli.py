@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from mirror_assets.config import ConfigError, Settings
 from mirror_assets.model import backfills, cursor
@@ -15,11 +16,14 @@ from mirror_assets.names import BACKFILL_JOB, DID_BACKFILL, INGEST_JOB, RESTART_
 from mirror_assets.ops import admin
 from mirror_assets.ops.errors import CommandError
 from mirror_assets.ops.instance import dagster_home_path
+from mirror_assets.ops.migrate import CHUNK_ROWS, MigrationError, migrate_to_lake
 from mirror_assets.ops.sql_console import FORMATS, QueryLimits, format_result, run_query
 from mirror_assets.ops.status import format_status, read_status
 from mirror_assets.ops.supervisor import run_services
 from mirror_assets.store.choice import open_store
+from mirror_assets.store.extensions import MissingExtensionError
 from mirror_assets.store.file import DiskFullError
+from mirror_assets.store.lake import ConflictError
 from mirror_assets.store.lock import LockTimeoutError
 
 
@@ -208,6 +212,29 @@ def cmd_sql(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate_to_lake(settings: Settings, args: argparse.Namespace) -> int:
+    """Copy the mirror file into the lake MIRROR_STORE names; run again to go on."""
+    if settings.lake is None:
+        raise CommandError(
+            "MIRROR_STORE names no lake: set MIRROR_STORE=ducklake:<catalog> and "
+            "MIRROR_DATA_PATH to the lake to copy into (docs/scale-out.md)"
+        )
+    source = Path(args.source) if args.source else settings.db_path
+    lake = open_store(settings)
+
+    def progress(table: str, rows: int) -> None:
+        print(f"  {table}: {rows} rows copied", flush=True)
+
+    try:
+        done = migrate_to_lake(source, lake, args.chunk_rows, progress)
+    except MigrationError as error:
+        raise CommandError(str(error)) from None
+    went_on = f" (went on with {', '.join(done.resumed)})" if done.resumed else ""
+    print(f"{source} copied into {lake.name}: {sum(done.copied.values())} rows{went_on}")
+    print("point every process at the lake (MIRROR_STORE, MIRROR_DATA_PATH), then start them")
+    return 0
+
+
 def cmd_status(settings: Settings, _: argparse.Namespace) -> int:
     from mirror_assets.ops.job_runs import job_names, last_runs
 
@@ -278,6 +305,18 @@ def _sql_arguments(command: argparse.ArgumentParser) -> None:
     )
 
 
+def _migrate_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--from", dest="source", metavar="FILE", help="the mirror file to copy (MIRROR_DB)"
+    )
+    command.add_argument(
+        "--chunk-rows",
+        type=_positive,
+        default=CHUNK_ROWS,
+        help=f"rows per lake transaction ({CHUNK_ROWS})",
+    )
+
+
 def _no_arguments(_: argparse.ArgumentParser) -> None:
     pass
 
@@ -315,6 +354,11 @@ COMMANDS = {
         "delete the ingest cursor (start live) or set it to a time",
         _reset_cursor_arguments,
     ),
+    "migrate-to-lake": Command(
+        cmd_migrate_to_lake,
+        "copy the mirror file into the lake MIRROR_STORE names; run again to go on",
+        _migrate_arguments,
+    ),
     "reset-backfills": Command(
         cmd_reset_backfills,
         "set backfills back to pending, to be listed again from the first page",
@@ -339,7 +383,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
         return COMMANDS[args.command].run(settings, args)
-    except (CommandError, ConfigError, ValueError, LockTimeoutError, DiskFullError) as error:
+    except (
+        CommandError,
+        ConfigError,
+        ValueError,
+        LockTimeoutError,
+        DiskFullError,
+        ConflictError,
+        MissingExtensionError,
+    ) as error:
         print(f"mirror {args.command}: {error}", file=sys.stderr)
         return 2
 
