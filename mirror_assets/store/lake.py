@@ -49,15 +49,17 @@ def _literal(text: str) -> str:
 
 def attach(con: duckdb.DuckDBPyConnection, lake: LakeLocation, read_only: bool = False) -> None:
     """Load what the lake needs into `con`'s database and attach the lake as `mirror`."""
+    on_s3 = lake.data_path.startswith("s3://")
     needed = ["ducklake"]
     if lake.catalog.startswith("postgres:"):
         needed.append("postgres_scanner")
-    if lake.data_path.startswith("s3://"):
+    if on_s3:
         needed.append("httpfs")
+    extensions.load(con, *needed)
+    if on_s3:
         _add_s3_secret(con, S3Access.from_env())
     else:
         Path(lake.data_path).mkdir(parents=True, exist_ok=True)
-    extensions.load(con, *needed)
     options = [f"DATA_PATH {_literal(lake.data_path)}"] + (["READ_ONLY"] if read_only else [])
     con.execute(
         f"ATTACH {_literal('ducklake:' + lake.catalog)} AS {CATALOG} ({', '.join(options)})"
