@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -46,7 +47,7 @@ def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Server]:
 
 def _write(store: LakeStore) -> None:
     for events in BATCHES:
-        store.transact(lambda con, events=events: apply_batch(con, batch_of(events)))
+        store.transact(partial(apply_batch, batch=batch_of(events)))
 
 
 def test_a_lake_on_s3_holds_what_a_lake_in_a_folder_holds(
