@@ -48,11 +48,19 @@ class PostgresServer:
     data: Path
     bin_dir: Path
 
-    def create_database(self, name: str) -> str:
-        """Creates database `name` and returns its libpq connection string."""
-        command = [str(self.bin_dir / "createdb"), *self.client_args(), name]
+    def create_database(self, name: str, template: str | None = None) -> str:
+        """Creates database `name` (a copy of `template`, if given) and returns its libpq
+        connection string."""
+        copy = ["-T", template] if template else []
+        command = [str(self.bin_dir / "createdb"), *self.client_args(), *copy, name]
         subprocess.run(command, check=True, capture_output=True, text=True)
         return f"dbname={name} host={self.host} port={self.port} user={self.user}"
+
+    def execute(self, database: str, sql: str) -> str:
+        """Runs SQL in a database with psql; what it printed."""
+        command = [str(self.bin_dir / "psql"), *self.client_args(), "-X", "-At"]
+        command += ["-v", "ON_ERROR_STOP=1", "-d", database, "-c", sql]
+        return subprocess.run(command, check=True, capture_output=True, text=True).stdout
 
     def client_args(self) -> list[str]:
         """The -h/-p/-U arguments every client binary (psql, createdb, pg_dump) takes."""
