@@ -4,8 +4,13 @@ or an S3 bucket, many writers and readers on many machines (docs/scale-out.md).
 No file lock here: DuckLake's transactions keep writers apart. Each reads the snapshot it
 began on and commits a new one; two that changed the same table in ways that clash (both
 deleted from it, or one deleted while the other inserted) cannot both commit, and the
-second fails with a conflict. `LakeStore.transact` then runs the transaction again from
-the start, after a short random wait that doubles each time, a bounded number of times.
+second fails with a conflict. Two that only inserted do both commit, even rows of the same
+key: the mirror's writes add an account, a backfill or a record only if it is not there
+yet, so every write transaction also updates the one row of `lake_writes`, and any two
+that overlap conflict. `LakeStore.transact` then runs the later one again from the start,
+on the snapshot the first committed, after a short random wait that doubles each time, a
+bounded number of times. Writers work in parallel outside their transactions (the network,
+decoding, building batches) and commit one after another (docs/scale-out.md).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from mirror_assets.config import LakeLocation, S3Access
 from mirror_assets.store import extensions
 from mirror_assets.store.contract import MirrorStore, Transaction
 from mirror_assets.store.lock import LockWait
-from mirror_assets.store.schema import SCHEMA_VERSION, current_version, migrate
+from mirror_assets.store.schema import LAKE_WRITES, SCHEMA_VERSION, current_version, migrate
 
 R = TypeVar("R")
 
@@ -113,6 +118,7 @@ class LakeStore(MirrorStore):
             con.execute("BEGIN TRANSACTION")
             try:
                 migrate(con)
+                con.execute(f"UPDATE {LAKE_WRITES} SET commits = commits + 1")
                 yield Transaction(con, LockWait())
             except BaseException:
                 con.execute("ROLLBACK")

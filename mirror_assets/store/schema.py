@@ -169,6 +169,10 @@ TABLES = (
     "meta",
 )
 VIEWS = ("records", "tombstones")
+# The lake's one-row table that every write transaction updates, so that any two at once
+# conflict (store/lake.py): DuckLake lets two transactions that only insert both commit,
+# and two writers could then each add the same account, backfill or record.
+LAKE_WRITES = "lake_writes"
 
 
 class SchemaTooNewError(RuntimeError):
@@ -260,11 +264,13 @@ def _create_lake_schema(con: duckdb.DuckDBPyConnection, version: int) -> None:
         )
     for statement in lake_schema():
         con.execute(statement)
+    con.execute(f"CREATE TABLE {LAKE_WRITES} (commits BIGINT NOT NULL)")
+    con.execute(f"INSERT INTO {LAKE_WRITES} VALUES (0)")
 
 
 def drop_all(con: duckdb.DuckDBPyConnection) -> None:
     """Remove every table and view of the mirror (for `mirror reset`)."""
     for view in VIEWS:
         con.execute(f"DROP VIEW IF EXISTS {view}")
-    for table in TABLES:
+    for table in (*TABLES, LAKE_WRITES):
         con.execute(f"DROP TABLE IF EXISTS {table}")
