@@ -17,13 +17,11 @@ import duckdb
 
 from mirror_assets.config import LakeLocation
 from mirror_assets.store import extensions
-from mirror_assets.store.lake import CATALOG, attach
+from mirror_assets.store.lake import CATALOG, LAKE_NOT_MADE, attach
 from mirror_assets.store.schema import SCHEMA_VERSION, current_version, migrate
 
 _SNAPSHOT = f"SELECT id FROM {CATALOG}.current_snapshot()"
 NO_SCHEMA = -1  # the version of an empty mirror, before the lake has its tables
-# DuckLake's words when a read-only ATTACH finds no lake in the catalog.
-_NOT_MADE_YET = "creating a new DuckLake is explicitly disabled"
 
 
 class LakeRead:
@@ -85,7 +83,7 @@ class LakeSource:
                     attach(instance, self.lake, read_only=True)
                 except duckdb.InvalidInputException as error:
                     instance.close()
-                    if _NOT_MADE_YET not in str(error):
+                    if LAKE_NOT_MADE not in str(error):
                         raise
                     return None
                 except BaseException:

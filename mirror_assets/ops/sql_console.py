@@ -39,7 +39,7 @@ import duckdb
 
 from mirror_assets.config import LakeLocation
 from mirror_assets.store import extensions
-from mirror_assets.store.lake import CATALOG, attach
+from mirror_assets.store.lake import CATALOG, LAKE_NOT_MADE, attach
 from mirror_assets.store.lock import read_lock
 
 ATTACHED_AS = CATALOG
@@ -82,6 +82,8 @@ def run_query(
     try:
         with _read_locked(where, lock_timeout), read_only_instance(where, limits) as con:
             check_statement(con, sql)
+            if isinstance(where, LakeLocation):
+                check_functions(con, sql, _lake_functions(con))
             # The lock is held while the query runs: a query that runs long is stopped, so
             # writers and the API wait at most this long for it.
             timer = threading.Timer(limits.timeout_seconds, con.interrupt)
@@ -103,6 +105,10 @@ def run_query(
             "narrow it, or read the Parquet exports instead"
         ) from None
     except duckdb.Error as error:
+        if LAKE_NOT_MADE in str(error) and isinstance(where, LakeLocation):
+            raise QueryRefusedError(
+                f"no mirror in the lake at {where.data_path} yet: run `mirror init` or `mirror run`"
+            ) from None
         raise QueryRefusedError(_first_line(error)) from None
     return QueryResult(
         columns=[column[0] for column in description],
@@ -161,6 +167,62 @@ def check_statement(con: duckdb.DuckDBPyConnection, sql: str) -> None:
         raise QueryRefusedError(
             f"only read-only queries (SELECT, EXPLAIN) are run, not {kind.name} statements"
         )
+
+
+# Core functions that run SQL given as text: what they run is not in the statement checked.
+_RUNS_TEXT = frozenset({"query", "query_table"})
+
+
+def _lake_functions(con: duckdb.DuckDBPyConnection) -> frozenset[str]:
+    """The functions the lake's extensions brought (`postgres_execute`, `postgres_query`,
+    `ducklake_*`, ...): a query could reach the catalog's database through them, past the
+    read-only attach, with the mirror's own credentials. So could the core functions that
+    run SQL text."""
+    core = duckdb.connect(":memory:", config=extensions.NO_DOWNLOADS)
+    try:
+        built_in = _function_names(core)
+    finally:
+        core.close()
+    return frozenset(_function_names(con) - built_in) | _RUNS_TEXT
+
+
+def _function_names(con: duckdb.DuckDBPyConnection) -> set[str]:
+    return {
+        row[0] for row in con.execute("SELECT function_name FROM duckdb_functions()").fetchall()
+    }
+
+
+def check_functions(con: duckdb.DuckDBPyConnection, sql: str, refused: frozenset[str]) -> None:
+    """Refuse a query that calls any of `refused`, or whose calls DuckDB cannot list (only
+    SELECTs serialize: a PIVOT must be written as one)."""
+    if con.extract_statements(sql)[0].type == duckdb.StatementType.EXPLAIN:
+        check_functions(con, _explained(sql), refused)
+        return
+    tree = json.loads(con.execute("SELECT json_serialize_sql(?::VARCHAR)", [sql]).fetchall()[0][0])
+    if tree.get("error"):
+        raise QueryRefusedError(
+            "on a lake only queries DuckDB can read as a SELECT are run (write a PIVOT as "
+            "a SELECT with GROUP BY)"
+        )
+    called = set(_names_of_calls(tree)) & refused
+    if called:
+        raise QueryRefusedError(
+            f"{', '.join(sorted(called))}: the lake's catalog is not for queries; read the "
+            "mirror's tables"
+        )
+
+
+def _names_of_calls(node: object) -> Iterator[str]:
+    """Every `function_name` in DuckDB's JSON form of a statement."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "function_name" and isinstance(value, str):
+                yield value.lower()
+            else:
+                yield from _names_of_calls(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _names_of_calls(item)
 
 
 def _explained(sql: str) -> str:

@@ -34,6 +34,8 @@ from mirror_assets.store.schema import LAKE_WRITES, SCHEMA_VERSION, current_vers
 R = TypeVar("R")
 
 CATALOG = "mirror"  # the name the lake is attached under, by the mirror and by analysts
+# DuckLake's words when a read-only ATTACH finds no lake in the catalog (nothing made it yet).
+LAKE_NOT_MADE = "creating a new DuckLake is explicitly disabled"
 CONFLICT_RETRIES = 12
 FIRST_RETRY_SECONDS = 0.02
 LONGEST_RETRY_SECONDS = 2.0
@@ -63,7 +65,7 @@ def attach(con: duckdb.DuckDBPyConnection, lake: LakeLocation, read_only: bool =
     extensions.load(con, *needed)
     if on_s3:
         _add_s3_secret(con, S3Access.from_env())
-    else:
+    elif not read_only:
         Path(lake.data_path).mkdir(parents=True, exist_ok=True)
     options = [f"DATA_PATH {_literal(lake.data_path)}"] + (["READ_ONLY"] if read_only else [])
     con.execute(

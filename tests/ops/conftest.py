@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.cli_helpers import db_of, fill_mirror, make_project
+from mirror_assets.store.contract import MirrorStore
+from tests.support.cli_helpers import fill_mirror, lake_if_asked, make_project, opened_store
 
 
 @pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A project folder holding the known mirror file of `fill_mirror` (test_cli.py
-    overrides it with a project that has no mirror file yet)."""
-    project = make_project(tmp_path, monkeypatch)
-    fill_mirror(db_of(project))
+def project(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """A project folder whose mirror holds the known content of `fill_mirror`: its file, or
+    a new lake its `.env` names when the test parametrizes `project` with "lake"
+    (`on_both_stores`, `across_stores`). test_cli.py overrides it with a project that has
+    no mirror yet."""
+    project = make_project(tmp_path, monkeypatch, lake_if_asked(request))
+    with opened_store(project) as store:
+        fill_mirror(store)
     return project
+
+
+@pytest.fixture
+def project_store(project: Path) -> Iterator[MirrorStore]:
+    """The store of `project`, as `mirror` run there opens it: to read back what it did."""
+    with opened_store(project) as store:
+        yield store

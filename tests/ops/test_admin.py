@@ -1,5 +1,6 @@
 """`mirror purge`, `reset-cursor` and `reset-backfills`, and the confirmation and lock every
-command goes through: real processes on a real mirror file, checked afterwards."""
+command goes through: real processes on a real mirror, checked afterwards. Representative
+cases run on a lake too (`on_both_stores`, `lake_too`); the file lock's are the file's own."""
 
 from __future__ import annotations
 
@@ -20,8 +21,10 @@ import pytest
 from mirror_assets.atproto.cursor_time import cursor_iso
 from mirror_assets.model.apply import apply_batch
 from mirror_assets.model.backfills import due_dids
+from mirror_assets.store.contract import MirrorStore
 from mirror_assets.store.file import FileStore
 from mirror_assets.store.lock import read_lock
+from mirror_assets.store.schema import LAKE_WRITES
 from tests.support.cli_helpers import (
     ALICE,
     BACKFILL_STATES,
@@ -29,10 +32,13 @@ from tests.support.cli_helpers import (
     CAROL,
     MIRROR,
     OTHER,
+    across_stores,
     db_of,
     dump,
+    lake_too,
     mirror,
     mirror_env,
+    on_both_stores,
     table_rows,
 )
 from tests.support.events_factory import CARD, PAGE, at, create, did
@@ -61,27 +67,30 @@ CARD_ROWS = {
 }
 
 
-def _tables_with_collection(db: Path) -> set[str]:
+def _tables_with_collection(store: MirrorStore) -> set[str]:
+    """The mirror's base tables with a `collection` column (not the lake's catalog's)."""
     rows = table_rows(
-        db,
+        store,
         "SELECT table_name FROM information_schema.columns WHERE column_name = 'collection' "
-        "AND table_name IN (SELECT table_name FROM information_schema.tables "
-        "WHERE table_type = 'BASE TABLE')",
+        "AND table_catalog = current_database() AND table_name IN (SELECT table_name "
+        "FROM information_schema.tables WHERE table_type = 'BASE TABLE' "
+        "AND table_catalog = current_database())",
     )
     return {row[0] for row in rows}
 
 
-def _count(db: Path, table: str, collection: str) -> int:
+def _count(store: MirrorStore, table: str, collection: str) -> int:
     [(count,)] = table_rows(
-        db, f'SELECT count(*) FROM "{table}" WHERE collection = ?', [collection]
+        store, f'SELECT count(*) FROM "{table}" WHERE collection = ?', [collection]
     )
     return int(count)
 
 
-def _everything_but(db: Path, collection: str) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every table and view, except those of the collection."""
-    with FileStore(db).reading() as con:
-        names = [row[0] for row in con.execute("SHOW TABLES").fetchall()]
+def _everything_but(store: MirrorStore, collection: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table and view, except those of the collection (and a lake's
+    count of its write transactions)."""
+    with store.reading() as con:
+        names = [row[0] for row in con.execute("SHOW TABLES").fetchall() if row[0] != LAKE_WRITES]
         described = {n: con.execute(f'DESCRIBE "{n}"').fetchall() for n in names}
         return {
             name: sorted(
@@ -97,10 +106,10 @@ def _everything_but(db: Path, collection: str) -> dict[str, list[tuple[Any, ...]
         }
 
 
-@pytest.mark.parametrize(
+@across_stores(
     ("tracked", "note"),
     [
-        (
+        lake_too(
             "app.blento.card,app.blento.page",
             "app.blento.card is still tracked (COLLECTIONS=app.blento.card,app.blento.page): "
             "the next ingest, discovery and backfills fill it again",
@@ -118,37 +127,39 @@ def _everything_but(db: Path, collection: str) -> dict[str, list[tuple[Any, ...]
     ],
 )
 def test_purge_removes_the_collection_from_every_table_that_has_one(
-    project: Path, tracked: str, note: str
+    project: Path, project_store: MirrorStore, tracked: str, note: str
 ) -> None:
-    db = db_of(project)
-    with FileStore(db).writing() as tx:
+    store = project_store
+    with store.writing() as tx:
         tx.con.execute("CREATE TABLE operator_notes (collection VARCHAR, note VARCHAR)")
         tx.con.execute(
             "INSERT INTO operator_notes VALUES (?, 'a'), (?, 'b'), (?, 'c')", [CARD, CARD, PAGE]
         )
-    tables = _tables_with_collection(db)
-    before = {table: _count(db, table, CARD) for table in tables}
+    tables = _tables_with_collection(store)
+    before = {table: _count(store, table, CARD) for table in tables}
     assert {table: before[table] for table in CARD_ROWS} == CARD_ROWS
-    untouched = _everything_but(db, CARD)
+    untouched = _everything_but(store, CARD)
 
     result = mirror(project, "purge", CARD, "--yes", COLLECTIONS=tracked)
     assert result.returncode == 0, result.stderr
-    assert f"{CARD}: {sum(before.values())} rows removed from {db}" in result.stdout
+    assert f"{CARD}: {sum(before.values())} rows removed from {store.name}" in result.stdout
     assert listed(result.stdout) == before
     assert note in result.stdout
-    assert {table: _count(db, table, CARD) for table in tables} == dict.fromkeys(tables, 0)
-    assert _everything_but(db, CARD) == untouched
+    assert {table: _count(store, table, CARD) for table in tables} == dict.fromkeys(tables, 0)
+    assert _everything_but(store, CARD) == untouched
 
 
 @pytest.mark.parametrize(
     "collection", ["app.blento.*", "app.blento", "app.blento.card,app.blento.page", "a b.c.d"]
 )
-def test_purge_refuses_what_is_not_one_nsid(project: Path, collection: str) -> None:
-    before = dump(db_of(project))
+def test_purge_refuses_what_is_not_one_nsid(
+    project: Path, project_store: MirrorStore, collection: str
+) -> None:
+    before = dump(project_store)
     result = mirror(project, "purge", collection, "--yes")
     assert result.returncode == 2
     assert f"mirror purge: {collection!r} is not a collection NSID" in result.stderr
-    assert dump(db_of(project)) == before
+    assert dump(project_store) == before
 
 
 # --- reset-cursor --------------------------------------------------------------------------
@@ -158,8 +169,10 @@ def _cursor(time_us: int) -> str:
     return f"{time_us} ({cursor_iso(time_us)})"
 
 
-def test_reset_cursor_deletes_it_so_the_next_ingest_starts_live(project: Path) -> None:
-    db = db_of(project)
+@on_both_stores
+def test_reset_cursor_deletes_it_so_the_next_ingest_starts_live(
+    project: Path, project_store: MirrorStore
+) -> None:
     result = mirror(project, "reset-cursor", "--yes")
     assert result.returncode == 0, result.stderr
     assert f"cursor: {_cursor(at(9))} -> none" in result.stdout
@@ -167,17 +180,22 @@ def test_reset_cursor_deletes_it_so_the_next_ingest_starts_live(project: Path) -
         "the next ingest starts at the live edge of the stream; events after "
         f"{cursor_iso(at(9))} are not read" in result.stdout
     )
-    assert table_rows(db, "SELECT * FROM ingest_state") == []
+    assert table_rows(project_store, "SELECT * FROM ingest_state") == []
     assert "cursor: none yet (the next ingest starts live)" in mirror(project, "status").stdout
 
 
-@pytest.mark.parametrize(
-    "to", [str(at(2)), "2024-08-30T06:40:02Z", "2024-08-30T08:40:02+02:00", "2024-08-30 06:40:02"]
+@across_stores(
+    ["to"],
+    [
+        str(at(2)),
+        lake_too("2024-08-30T06:40:02Z"),
+        "2024-08-30T08:40:02+02:00",
+        "2024-08-30 06:40:02",
+    ],
 )
 def test_reset_cursor_to_a_time_rewinds_and_warns_about_jetstream_s_day(
-    project: Path, to: str
+    project: Path, project_store: MirrorStore, to: str
 ) -> None:
-    db = db_of(project)
     result = mirror(project, "reset-cursor", "--to", to, "--yes")
     assert result.returncode == 0, result.stderr
     assert f"cursor: {_cursor(at(9))} -> {_cursor(at(2))}" in result.stdout
@@ -186,13 +204,17 @@ def test_reset_cursor_to_a_time_rewinds_and_warns_about_jetstream_s_day(
     assert "Jetstream keeps about a day of events" in result.stdout
     assert "records as a cursor gap" in result.stdout
     assert "moved forward" not in result.stdout
-    assert table_rows(db, "SELECT cursor_us, endpoint FROM ingest_state") == [(at(2), None)]
+    assert table_rows(project_store, "SELECT cursor_us, endpoint FROM ingest_state") == [
+        (at(2), None)
+    ]
     status = mirror(project, "status").stdout
     assert f"cursor: {at(2)} ({cursor_iso(at(2))}, " in status
     assert "set by `mirror reset-cursor`" in status
 
 
-def test_reset_cursor_forward_to_an_hour_ago_warns_of_the_skipped_events(project: Path) -> None:
+def test_reset_cursor_forward_to_an_hour_ago_warns_of_the_skipped_events(
+    project: Path, project_store: MirrorStore
+) -> None:
     hour_ago = int((time.time() - 3600) * 1_000_000)
     result = mirror(project, "reset-cursor", "--to", str(hour_ago), "--yes")
     assert result.returncode == 0, result.stderr
@@ -200,7 +222,7 @@ def test_reset_cursor_forward_to_an_hour_ago_warns_of_the_skipped_events(project
     assert f"warning: the cursor moved forward; events after {cursor_iso(at(9))}" in result.stdout
     assert "that is 1.0 h ago. Jetstream keeps about a day of events" in result.stdout
     assert "warning: that is" not in result.stdout  # within Jetstream's day
-    assert table_rows(db_of(project), "SELECT cursor_us FROM ingest_state") == [(hour_ago,)]
+    assert table_rows(project_store, "SELECT cursor_us FROM ingest_state") == [(hour_ago,)]
 
 
 @pytest.mark.parametrize(
@@ -212,11 +234,13 @@ def test_reset_cursor_forward_to_an_hour_ago_warns_of_the_skipped_events(project
         ("yesterday", "'yesterday' is neither a time_us"),
     ],
 )
-def test_reset_cursor_refuses_a_time_it_cannot_use(project: Path, to: str, message: str) -> None:
+def test_reset_cursor_refuses_a_time_it_cannot_use(
+    project: Path, project_store: MirrorStore, to: str, message: str
+) -> None:
     result = mirror(project, "reset-cursor", "--to", to, "--yes")
     assert result.returncode == 2
     assert message in result.stderr
-    assert table_rows(db_of(project), "SELECT cursor_us FROM ingest_state") == [(at(9),)]
+    assert table_rows(project_store, "SELECT cursor_us FROM ingest_state") == [(at(9),)]
 
 
 # --- reset-backfills -----------------------------------------------------------------------
@@ -235,43 +259,43 @@ RESTARTED = {
 }
 
 
-def _backfills(db: Path) -> dict[tuple[str, str], dict[str, Any]]:
-    with FileStore(db).reading() as con:
+def _backfills(store: MirrorStore) -> dict[tuple[str, str], dict[str, Any]]:
+    with store.reading() as con:
         cursor = con.execute("SELECT * FROM backfills")
         rows = cursor.fetchall()
         names = [column[0] for column in cursor.description or []]
     return {(row[0], row[1]): dict(zip(names, row, strict=True)) for row in rows}
 
 
-def _due(db: Path) -> set[str]:
-    with FileStore(db).reading() as con:
+def _due(store: MirrorStore) -> set[str]:
+    with store.reading() as con:
         return set(due_dids(con))
 
 
-@pytest.mark.parametrize(
+@across_stores(
     ("args", "selected"),
     [
-        ([], EVERY),
+        lake_too([], EVERY),
         (["--status", "failed"], {(ALICE, CARD)}),
         (["--status", "failed", "--status", "complete"], {(ALICE, CARD), (BOB, CARD)}),
         (["--collection", CARD], {(ALICE, CARD), (BOB, CARD)}),
         (["--did", BOB], {(BOB, CARD), (BOB, PAGE)}),
-        (["--did", BOB, "--status", "in_progress"], {(BOB, PAGE)}),
+        lake_too(["--did", BOB, "--status", "in_progress"], {(BOB, PAGE)}),
         (["--collection", OTHER, "--did", CAROL], {(CAROL, OTHER)}),
     ],
 )
 def test_reset_backfills_restarts_the_selected_ones_from_the_first_page(
-    project: Path, args: list[str], selected: set[tuple[str, str]]
+    project: Path, project_store: MirrorStore, args: list[str], selected: set[tuple[str, str]]
 ) -> None:
-    db = db_of(project)
-    before = _backfills(db)
-    assert _due(db) == {BOB, CAROL}  # alice's failure is retried in two hours
+    store = project_store
+    before = _backfills(store)
+    assert _due(store) == {BOB, CAROL}  # alice's failure is retried in two hours
 
     result = mirror(project, "reset-backfills", *args, "--yes")
     assert result.returncode == 0, result.stderr
     assert listed(result.stdout) == Counter(STATUS_OF[key] for key in selected)
     assert f"{len(selected)} backfills set back to pending" in result.stdout
-    after = _backfills(db)
+    after = _backfills(store)
     assert after.keys() == before.keys()
     for key, row in after.items():
         if key in selected:
@@ -280,11 +304,14 @@ def test_reset_backfills_restarts_the_selected_ones_from_the_first_page(
         else:
             assert row == before[key]
     # What the backfill sensor launches next.
-    assert _due(db) == {BOB, CAROL} | {did_ for did_, _ in selected}
+    assert _due(store) == {BOB, CAROL} | {did_ for did_, _ in selected}
 
 
-def test_reset_backfills_that_match_nothing_changes_nothing(project: Path) -> None:
-    before = dump(db_of(project))
+@on_both_stores
+def test_reset_backfills_that_match_nothing_changes_nothing(
+    project: Path, project_store: MirrorStore
+) -> None:
+    before = dump(project_store)
     nobody = did("nobody")
     result = mirror(project, "reset-backfills", "--did", nobody, "--status", "failed", "--yes")
     assert result.returncode == 0, result.stderr
@@ -292,7 +319,7 @@ def test_reset_backfills_that_match_nothing_changes_nothing(project: Path) -> No
         f"no backfills match (backfills with status failed, did {nobody}): nothing changed"
         in result.stdout
     )
-    assert dump(db_of(project)) == before
+    assert dump(project_store) == before
 
 
 @pytest.mark.parametrize(
@@ -302,34 +329,38 @@ def test_reset_backfills_that_match_nothing_changes_nothing(project: Path) -> No
         (["--collection", "app.blento.*"], "'app.blento.*' is not a collection NSID"),
     ],
 )
-def test_reset_backfills_refuses_a_bad_filter(project: Path, args: list[str], message: str) -> None:
-    before = dump(db_of(project))
+def test_reset_backfills_refuses_a_bad_filter(
+    project: Path, project_store: MirrorStore, args: list[str], message: str
+) -> None:
+    before = dump(project_store)
     result = mirror(project, "reset-backfills", *args, "--yes")
     assert result.returncode == 2
     assert message in result.stderr
-    assert dump(db_of(project)) == before
+    assert dump(project_store) == before
 
 
 # --- confirmation --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "args",
+@across_stores(
+    ["args"],
     [
         ["purge", CARD],
         ["reset-cursor"],
         ["reset-cursor", "--to", str(at(2))],
         ["reset-backfills", "--status", "failed"],
-        ["reset"],
+        lake_too(["reset"]),
     ],
 )
-def test_without_yes_and_without_a_terminal_nothing_changes(project: Path, args: list[str]) -> None:
-    before = dump(db_of(project))
+def test_without_yes_and_without_a_terminal_nothing_changes(
+    project: Path, project_store: MirrorStore, args: list[str]
+) -> None:
+    before = dump(project_store)
     result = mirror(project, *args)
     assert result.returncode == 2
     assert result.stderr.startswith(f"mirror {args[0]}: this ")
     assert result.stderr.strip().endswith("confirm with --yes")
-    assert dump(db_of(project)) == before
+    assert dump(project_store) == before
 
 
 def at_terminal(project: Path, reply: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -353,15 +384,19 @@ def at_terminal(project: Path, reply: str, *args: str) -> subprocess.CompletedPr
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
-@pytest.mark.parametrize(("reply", "purged"), [("y", True), ("n", False), ("", False)])
-def test_purge_asks_at_a_terminal(project: Path, reply: str, purged: bool) -> None:
-    db = db_of(project)
+@across_stores(("reply", "purged"), [lake_too("y", True), ("n", False), ("", False)])
+def test_purge_asks_at_a_terminal(
+    project: Path, project_store: MirrorStore, reply: str, purged: bool
+) -> None:
     result = at_terminal(project, reply, "purge", CARD)
-    question = f"Delete every record, tombstone, backfill and summary of {CARD} in {db}? [y/N]"
+    question = (
+        f"Delete every record, tombstone, backfill and summary of {CARD} in "
+        f"{project_store.name}? [y/N]"
+    )
     assert result.stdout.startswith(question)
     assert result.returncode == (0 if purged else 1), result.stderr
     assert ("nothing changed" in result.stdout) is not purged
-    assert _count(db, "record_versions", CARD) == (0 if purged else 4)
+    assert _count(project_store, "record_versions", CARD) == (0 if purged else 4)
 
 
 # --- the file lock -------------------------------------------------------------------------

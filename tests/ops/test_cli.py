@@ -1,4 +1,5 @@
-"""The `mirror` command as an operator runs it: a real process, a real file, a real Dagster."""
+"""The `mirror` command as an operator runs it: a real process, a real file, a real Dagster.
+What needs no Dagster run (init, status, reset) runs on a lake too."""
 
 from __future__ import annotations
 
@@ -17,9 +18,23 @@ import pytest
 from mirror_assets.config import Settings
 from mirror_assets.ops.job_runs import job_names
 from mirror_assets.runs.discovery import run_discovery
+from mirror_assets.store.contract import MirrorStore
 from mirror_assets.store.file import FileStore
 from tests.support.atproto_server import AtprotoStandIn
-from tests.support.cli_helpers import MIRROR, OTHER, make_project, mirror
+from tests.support.cli_helpers import (
+    MIRROR,
+    OTHER,
+    catalog_rows,
+    db_of,
+    dump,
+    fill_mirror,
+    lake_if_asked,
+    lake_of,
+    make_project,
+    mirror,
+    on_both_stores,
+    table_rows,
+)
 from tests.support.events_factory import CARD, PAGE, account, at, create, did, identity
 from tests.support.jetstream_server import JetstreamServer
 from tests.support.ports import free_port
@@ -33,16 +48,31 @@ def run_statuses(project: Path, job: str = "ingest") -> list[dg.DagsterRunStatus
 
 
 @pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A project with no mirror file yet: these tests start where an operator starts."""
-    return make_project(tmp_path, monkeypatch)
+def project(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """A project with no mirror yet: these tests start where an operator starts. In its
+    file, or (parametrized with "lake", `on_both_stores`) in a new lake its `.env` names."""
+    return make_project(tmp_path, monkeypatch, lake_if_asked(request, bare=True))
 
 
-def test_init_then_status_on_an_empty_mirror(project: Path) -> None:
+@on_both_stores
+def test_init_then_status_on_an_empty_mirror(project: Path, request: pytest.FixtureRequest) -> None:
     init = mirror(project, "init")
     assert init.returncode == 0, init.stderr
-    assert "schema ready" in init.stdout
-    assert (project / "data" / "mirror.duckdb").is_file()
+    lake = lake_of(project)
+    if lake is None:
+        assert init.stdout == f"{db_of(project)}: schema ready\n"
+        assert db_of(project).is_file()
+    else:
+        assert init.stdout == f"the lake at {lake.data_path}: schema ready\n"
+        assert not db_of(project).exists()
+        tables = catalog_rows(
+            request.getfixturevalue("postgres"),
+            lake,
+            "SELECT table_name FROM ducklake_table WHERE end_snapshot IS NULL",
+        )
+        assert {"record_versions", "backfills", "ingest_state"} <= set(tables)
 
     status = mirror(project, "status")
     assert status.returncode == 0, status.stderr
@@ -124,23 +154,23 @@ def test_ingest_with_no_jetstream_fails_with_a_clear_error(project: Path) -> Non
     assert run_statuses(project) == [dg.DagsterRunStatus.FAILURE]
 
 
-def test_reset_asks_first_and_then_empties_the_mirror(project: Path) -> None:
-    db = project / "data" / "mirror.duckdb"
-    with JetstreamServer() as server:
-        server.add(create(did("alice"), "a1", rev=1, t=1))
-        assert mirror(project, "ingest", JETSTREAM_URLS=server.url).returncode == 0
+@on_both_stores
+def test_reset_asks_first_and_then_empties_the_mirror(
+    project: Path, project_store: MirrorStore
+) -> None:
+    fill_mirror(project_store)
 
     refused = mirror(project, "reset")
     assert refused.returncode == 2
     assert "--yes" in refused.stderr
-    with FileStore(db).reading() as con:
-        assert con.execute("SELECT count(*) FROM records").fetchall() == [(1,)]
+    assert table_rows(project_store, "SELECT count(*) FROM records") == [(6,)]
 
     done = mirror(project, "reset", "--yes")
     assert done.returncode == 0, done.stderr
-    with FileStore(db).reading() as con:
-        assert con.execute("SELECT count(*) FROM record_versions").fetchall() == [(0,)]
-        assert con.execute("SELECT count(*) FROM ingest_state").fetchall() == [(0,)]
+    assert f"{project_store.name}: all data dropped, schema recreated" in done.stdout
+    left = {table: rows for table, rows in dump(project_store).items() if rows}
+    assert left.keys() <= {"meta"}, left  # the schema's version, nothing of the data
+    assert "cursor: none yet" in mirror(project, "status").stdout
 
 
 ALICE = did("a" * 24)
@@ -235,6 +265,8 @@ def test_backfill_refuses_what_it_cannot_do(project: Path, args: list[str], mess
         ("INGEST_FLUSH_BYTES", "0", "must be greater than zero"),
         ("API_BACKFILLS_IN_FLIGHT", "many", "is not a number"),
         ("SQL_TIMEOUT_SECONDS", "-5", "must be greater than zero"),
+        ("MIRROR_STORE", "postgres:dbname=mirror", "must be `file` or `ducklake:<catalog>`"),
+        ("MIRROR_STORE", "ducklake:postgres:dbname=mirror", "set MIRROR_DATA_PATH"),
     ],
 )
 def test_bad_configuration_is_a_clear_error(

@@ -1,4 +1,5 @@
-"""`mirror sql`: read-only queries on a real mirror file, run as the operator runs them."""
+"""`mirror sql`: read-only queries on a real mirror, run as the operator runs them; the
+file, and in representative cases a lake (attached read-only, files only in its data path)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import csv
 import io
 import json
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import duckdb
@@ -14,9 +16,25 @@ import pyarrow.parquet as pq
 import pytest
 
 from mirror_assets.ops.sql_console import read_only_instance
+from mirror_assets.store.contract import MirrorStore
 from mirror_assets.store.file import FileStore
+from mirror_assets.store.lake import CATALOG
 from mirror_assets.store.lock import read_lock
-from tests.support.cli_helpers import db_of, dump, mirror, table_rows
+from tests.support.cli_helpers import (
+    STORES,
+    across_stores,
+    bare_lake,
+    catalog_rows,
+    db_of,
+    dump,
+    lake_of,
+    lake_too,
+    make_project,
+    mirror,
+    on_both_stores,
+    table_rows,
+)
+from tests.support.postgres import PostgresServer
 
 RECORDS = "SELECT uri, did, collection, rkey, cid, record, rev, time_us FROM records ORDER BY uri"
 
@@ -36,8 +54,11 @@ def parse_table(text: str) -> list[dict[str, str]]:
     ]
 
 
-def test_table_csv_and_json_outputs_parse_back_to_the_rows(project: Path) -> None:
-    expected = table_rows(db_of(project), RECORDS)
+@on_both_stores
+def test_table_csv_and_json_outputs_parse_back_to_the_rows(
+    project: Path, project_store: MirrorStore
+) -> None:
+    expected = table_rows(project_store, RECORDS)
     assert len(expected) == 6
 
     table = mirror(project, "sql", RECORDS)
@@ -104,7 +125,10 @@ def test_values_convert_the_documented_way(project: Path) -> None:
     assert cells["text"] == "two\\nlines"  # one line per row
 
 
-def test_the_mirror_tables_and_views_answer_to_their_plain_names(project: Path) -> None:
+@on_both_stores
+def test_the_mirror_tables_and_views_answer_to_their_plain_names(
+    project: Path, project_store: MirrorStore
+) -> None:
     names = [
         "records",
         "tombstones",
@@ -119,12 +143,12 @@ def test_the_mirror_tables_and_views_answer_to_their_plain_names(project: Path) 
     query = "SELECT " + ", ".join(f"(SELECT count(*) FROM {n}) AS {n}" for n in names)
     result = mirror(project, "sql", query, "--format", "json")
     assert result.returncode == 0, result.stderr
-    expected = dict(zip(names, table_rows(db_of(project), query)[0], strict=True))
+    expected = dict(zip(names, table_rows(project_store, query)[0], strict=True))
     assert json.loads(result.stdout) == [expected]
     assert expected["records"] == 6 and expected["tombstones"] == 1
 
 
-@pytest.mark.parametrize("output", ["table", "csv", "json"])
+@across_stores(["output"], [lake_too("table"), "csv", "json"])
 def test_max_rows_caps_the_output_and_says_so(project: Path, output: str) -> None:
     capped = mirror(project, "sql", RECORDS, "--format", output, "--max-rows", "4")
     whole = mirror(project, "sql", RECORDS, "--format", output, "--max-rows", "6")
@@ -147,10 +171,10 @@ def _parquet(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize(
+@across_stores(
     ("query", "message"),
     [
-        ("INSERT INTO accounts (did, status) VALUES ('did:plc:x', 'active')", "not INSERT"),
+        lake_too("INSERT INTO accounts (did, status) VALUES ('did:plc:x', 'active')", "not INSERT"),
         ("UPDATE backfills SET status = 'complete'", "not UPDATE"),
         ("DELETE FROM record_versions", "not DELETE"),
         ("CREATE TABLE copy AS SELECT * FROM records", "not CREATE"),
@@ -169,17 +193,18 @@ def _parquet(tmp_path: Path) -> Path:
         ("EXPLAIN ANALYZE INSERT INTO meta VALUES ('a', 'b')", "not INSERT"),
         ("explain (format json) DELETE FROM record_versions", "not DELETE"),
         ("EXPLAIN ANALYZE SET threads = 1", "not SET"),
-        ("SELECT * FROM read_csv('/etc/passwd')", 'Cannot access file "/etc/passwd"'),
-        ("SELECT * FROM read_parquet('{parquet}')", "file system operations are disabled"),
-        ("SELECT * FROM glob('{tmp}/*')", "file system operations are disabled"),
+        # DuckDB's own fence: on the lake, files are reachable only in its data path.
+        lake_too("SELECT * FROM read_csv('/etc/passwd')", 'Cannot access file "/etc/passwd"'),
+        lake_too("SELECT * FROM read_parquet('{parquet}')", "file system operations are disabled"),
+        lake_too("SELECT * FROM glob('{tmp}/*')", "file system operations are disabled"),
         ("SELEC 1", "Parser Error"),
         ("SELECT * FROM no_such_table", "no_such_table does not exist"),
     ],
 )
 def test_anything_but_a_read_of_the_mirror_is_refused(
-    project: Path, tmp_path: Path, query: str, message: str
+    project: Path, project_store: MirrorStore, tmp_path: Path, query: str, message: str
 ) -> None:
-    before = dump(db_of(project))
+    before = dump(project_store)
     sql = query.format(tmp=tmp_path, parquet=_parquet(tmp_path))
     result = mirror(project, "sql", sql)
     assert result.returncode == 2
@@ -187,41 +212,92 @@ def test_anything_but_a_read_of_the_mirror_is_refused(
     assert result.stderr.startswith("mirror sql: ")
     assert message in result.stderr
     assert len(result.stderr.splitlines()) == 1  # one clear line, no traceback
-    assert dump(db_of(project)) == before
+    assert dump(project_store) == before
     assert not (tmp_path / "out.csv").exists()
     assert not (tmp_path / "other.duckdb").exists()
 
 
-@pytest.mark.parametrize(
-    "statement",
+@across_stores(
+    ["statement"],
     [
-        "INSERT INTO accounts (did, status, hidden, first_seen_us, first_seen_at, updated_at) "
-        "VALUES ('did:plc:x', 'active', false, 0, now(), now())",
-        "COPY (SELECT 1) TO '{tmp}/out.csv'",
+        lake_too(
+            "INSERT INTO accounts (did, status, hidden, first_seen_us, first_seen_at, "
+            "updated_at) VALUES ('did:plc:x', 'active', false, 0, now(), now())"
+        ),
+        lake_too("COPY (SELECT 1) TO '{tmp}/out.csv'"),
         "SET enable_external_access = true",
-        "SET lock_configuration = false",
+        lake_too("SET lock_configuration = false"),
         "ATTACH '{tmp}/other.duckdb' AS other",
-        "CREATE TABLE mirror.main.copy AS SELECT 1",
+        lake_too("CREATE TABLE mirror.main.copy AS SELECT 1"),
     ],
 )
 def test_duckdb_itself_refuses_writes_and_files_behind_the_statement_check(
-    project: Path, tmp_path: Path, statement: str
+    project: Path, project_store: MirrorStore, tmp_path: Path, statement: str
 ) -> None:
     """The second fence on its own: what got past the statement check would still fail."""
-    db = db_of(project)
-    before = dump(db)
-    with read_lock(db), read_only_instance(db) as con, pytest.raises(duckdb.Error):
+    before = dump(project_store)
+    lake = lake_of(project)
+    locked = read_lock(db_of(project)) if lake is None else nullcontext()
+    with locked, read_only_instance(lake or db_of(project)) as con, pytest.raises(duckdb.Error):
         con.execute(statement.format(tmp=tmp_path))
-    assert dump(db) == before
+    assert dump(project_store) == before
     assert not (tmp_path / "out.csv").exists()
     assert not (tmp_path / "other.duckdb").exists()
 
 
-def test_no_mirror_file_is_a_clear_error_and_creates_nothing(tmp_path: Path) -> None:
-    result = mirror(tmp_path, "sql", "SELECT 1")
+CATALOG_WRITE = "'COMMIT; CREATE TABLE written_by_sql (a INTEGER)'"
+
+
+@pytest.mark.parametrize("project", [pytest.param("lake", marks=pytest.mark.lake)], indirect=True)
+@pytest.mark.parametrize(
+    "sql",
+    [
+        f"SELECT * FROM postgres_execute('__ducklake_metadata_{CATALOG}', {CATALOG_WRITE})",
+        # The same inside SQL text that a core function runs, and behind an EXPLAIN ANALYZE.
+        "SELECT * FROM query('SELECT * FROM postgres_execute(''__ducklake_metadata_"
+        + CATALOG
+        + "'', ''COMMIT; CREATE TABLE written_by_sql (a INTEGER)'')')",
+        f"EXPLAIN ANALYZE FROM postgres_execute('__ducklake_metadata_{CATALOG}', {CATALOG_WRITE})",
+    ],
+    ids=["postgres_execute", "query", "explain"],
+)
+def test_the_lake_s_catalog_cannot_be_written_through_its_postgres_connection(
+    project: Path, project_store: MirrorStore, postgres: PostgresServer, sql: str
+) -> None:
+    """The read-only instance reaches the lake's catalog over a connection of the Postgres
+    extension, whose table functions parse as a SELECT. Its transaction is read-only; a
+    COMMIT sent along must not open a way to write past it."""
+    lake = lake_of(project)
+    assert lake is not None
+    before = dump(project_store)
+    result = mirror(project, "sql", sql)
+    written = "SELECT count(*) FROM pg_tables WHERE tablename = 'written_by_sql'"
+    assert catalog_rows(postgres, lake, written) == ["0"], "mirror sql wrote to the catalog"
+    assert result.returncode == 2, result.stdout
+    assert result.stderr.startswith("mirror sql: ")
+    assert dump(project_store) == before
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_no_mirror_yet_is_a_clear_error_and_creates_nothing(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    lake = None if kind == "file" else bare_lake(request.getfixturevalue("postgres"), tmp_path)
+    project = make_project(tmp_path, monkeypatch, lake)
+    result = mirror(project, "sql", "SELECT 1")
     assert result.returncode == 2
-    assert f"no mirror at {db_of(tmp_path)} yet" in result.stderr
-    assert not db_of(tmp_path).exists()
+    assert len(result.stderr.splitlines()) == 1
+    assert "run `mirror init` or `mirror run`" in result.stderr
+    assert not db_of(project).exists()
+    if lake is None:
+        assert f"no mirror at {db_of(project)} yet" in result.stderr
+        return
+    # The lake named as messages name it, by its data path, never by its catalog: the
+    # catalog's connection string may hold a password.
+    assert "no mirror" in result.stderr and lake.data_path in result.stderr
+    assert lake.catalog not in result.stderr
+    tables = "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+    assert catalog_rows(request.getfixturevalue("postgres"), lake, tables) == ["0"]
 
 
 @pytest.mark.parametrize(
