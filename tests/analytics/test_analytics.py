@@ -1,5 +1,5 @@
 """The analytics tables: daily activity from the apply log, and first and last record times,
-materialized by the ingest job against a real file."""
+materialized by the ingest job against a real file; the roll-up on each store (`store`)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from mirror_assets.analytics.activity import roll_up_activity
 from mirror_assets.model.apply import apply_commits
 from mirror_assets.network.pds import RecordEntry
 from mirror_assets.runs.backfill import page_rows
+from mirror_assets.store.contract import MirrorStore
 from mirror_assets.store.file import FileStore
 from tests.support.dagster_helpers import ingest_mirror, metadata_of, run_job
 from tests.support.events_factory import (
@@ -28,7 +29,7 @@ from tests.support.events_factory import (
     update,
 )
 from tests.support.jetstream_server import JetstreamServer
-from tests.support.store_helpers import apply_events
+from tests.support.store_helpers import Where, apply_events, store_of
 
 ALICE, BOB = did("alice"), did("bob")
 DAY = 86_400.0  # seconds
@@ -39,20 +40,19 @@ def _day(t: float) -> date:
     return datetime.fromtimestamp(at(t) / SECOND, tz=UTC).date()
 
 
-def _activity(db: Path) -> Activity:
-    with FileStore(db).writing() as tx:
-        roll_up_activity(tx.con)
-    with FileStore(db).reading() as con:
+def _activity(where: Where) -> Activity:
+    store = store_of(where)
+    store.transact(roll_up_activity)
+    with store.reading() as con:
         return con.execute("SELECT * FROM daily_activity ORDER BY collection, day").fetchall()
 
 
-def _log_rows(db: Path) -> int:
-    with FileStore(db).reading() as con:
+def _log_rows(where: Where) -> int:
+    with store_of(where).reading() as con:
         return int(con.execute("SELECT count(*) FROM activity_log").fetchall()[0][0])
 
 
-def test_live_creates_updates_and_deletes_count_on_their_day_once(tmp_path: Path) -> None:
-    db = tmp_path / "mirror.duckdb"
+def test_live_creates_updates_and_deletes_count_on_their_day_once(store: MirrorStore) -> None:
     day_one = [
         create(ALICE, "a1", rev=1, t=0),
         create(ALICE, "a2", rev=2, t=1),
@@ -65,24 +65,23 @@ def test_live_creates_updates_and_deletes_count_on_their_day_once(tmp_path: Path
         create(ALICE, "a2", rev=6, t=DAY + 2),  # the same rkey made again
         update(ALICE, "a1", rev=7, t=DAY + 3, text="edited"),  # the same CID as rev 3: no change
     ]
-    apply_events(db, day_one)
-    apply_events(db, day_two)
+    apply_events(store, day_one)
+    apply_events(store, day_two)
     expected = [
         (CARD, _day(0), 2, 1, 0, 0),
         (CARD, _day(DAY), 1, 0, 2, 0),
         (PAGE, _day(0), 1, 0, 0, 0),
     ]
-    assert _activity(db) == expected
+    assert _activity(store) == expected
     # A replay of both batches (a rewound cursor) changes nothing, so it counts nothing.
-    apply_events(db, day_one + day_two)
-    assert _activity(db) == expected
+    apply_events(store, day_one + day_two)
+    assert _activity(store) == expected
 
 
-def test_an_account_deletion_is_not_counted_as_record_deletes(tmp_path: Path) -> None:
-    db = tmp_path / "mirror.duckdb"
-    apply_events(db, [create(ALICE, "a1", rev=1, t=0), create(ALICE, "a2", rev=2, t=1)])
-    apply_events(db, [account(ALICE, active=False, status="deleted", t=2)])
-    assert _activity(db) == [(CARD, _day(0), 2, 0, 0, 0)]
+def test_an_account_deletion_is_not_counted_as_record_deletes(store: MirrorStore) -> None:
+    apply_events(store, [create(ALICE, "a1", rev=1, t=0), create(ALICE, "a2", rev=2, t=1)])
+    apply_events(store, [account(ALICE, active=False, status="deleted", t=2)])
+    assert _activity(store) == [(CARD, _day(0), 2, 0, 0, 0)]
 
 
 def _entry(rkey: str, t: float, text: str = "hello") -> RecordEntry:
@@ -90,36 +89,32 @@ def _entry(rkey: str, t: float, text: str = "hello") -> RecordEntry:
     return RecordEntry(rkey, cid_of(body), json.dumps(body).encode(), at(t))
 
 
-def test_backfilled_history_counts_on_the_records_own_days(tmp_path: Path) -> None:
-    db = tmp_path / "mirror.duckdb"
-    apply_events(db, [create(ALICE, "live", rev=10, t=30 * DAY)])
+def test_backfilled_history_counts_on_the_records_own_days(store: MirrorStore) -> None:
+    apply_events(store, [create(ALICE, "live", rev=10, t=30 * DAY)])
     page = [_entry("old1", 0), _entry("old2", 1), _entry("older", -DAY), _entry("live", 30 * DAY)]
-    with FileStore(db).writing() as tx:
-        apply_commits(tx.con, page_rows(ALICE, CARD, rev_tid(11), page))
+    store.transact(lambda con: apply_commits(con, page_rows(ALICE, CARD, rev_tid(11), page)))
     expected = [
         (CARD, _day(-DAY), 1, 0, 0, 1),
         (CARD, _day(0), 2, 0, 0, 2),
         (CARD, _day(30 * DAY), 1, 0, 0, 0),  # the live create; its re-read changed nothing
     ]
-    assert _activity(db) == expected
+    assert _activity(store) == expected
     # A later pass re-reads the same records at a newer rev, one of them edited meanwhile.
     page[0] = _entry("old1", 0, text="edited while away")
-    with FileStore(db).writing() as tx:
-        apply_commits(tx.con, page_rows(ALICE, CARD, rev_tid(12), page))
+    store.transact(lambda con: apply_commits(con, page_rows(ALICE, CARD, rev_tid(12), page)))
     expected[1] = (CARD, _day(0), 2, 1, 0, 2)
-    assert _activity(db) == expected
+    assert _activity(store) == expected
 
 
 def test_the_roll_up_compacts_the_log_to_one_row_per_source_collection_and_day(
-    tmp_path: Path,
+    store: MirrorStore,
 ) -> None:
-    db = tmp_path / "mirror.duckdb"
     for n in range(6):  # six transactions on the same day
-        apply_events(db, [create(ALICE, f"r{n}", rev=n + 1, t=n)])
-    assert _log_rows(db) == 6
-    first = _activity(db)
-    assert _log_rows(db) == 1
-    assert _activity(db) == first == [(CARD, _day(0), 6, 0, 0, 0)]
+        apply_events(store, [create(ALICE, f"r{n}", rev=n + 1, t=n)])
+    assert _log_rows(store) == 6
+    first = _activity(store)
+    assert _log_rows(store) == 1
+    assert _activity(store) == first == [(CARD, _day(0), 6, 0, 0, 0)]
 
 
 def test_the_ingest_job_materializes_every_analytics_table(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """The summaries behind /users and /stats: rebuilt by the ingest job, equal to counting the
-`records` view, and read by the API once they exist."""
+`records` view, and read by the API once they exist (on each store where a test takes
+`store`)."""
 
 from __future__ import annotations
 
@@ -14,19 +15,20 @@ from mirror_api.app import create_app
 from mirror_assets.analytics.summaries import rebuild_summaries
 from mirror_assets.atproto.nsids import CollectionFilter
 from mirror_assets.config import Settings
+from mirror_assets.store.contract import MirrorStore
 from mirror_assets.store.file import FileStore
 from tests.support.dagster_helpers import ingest_mirror, run_job
 from tests.support.events_factory import CARD, PAGE, account, create, delete, did
 from tests.support.jetstream_server import JetstreamServer
-from tests.support.store_helpers import apply_events
+from tests.support.store_helpers import Where, apply_events, settings_on, store_of
 
 ALICE, BOB, CAROL = did("alice"), did("bob"), did("carol")
 
 
-def _mixed_file(db: Path) -> None:
+def _mixed_file(where: Where) -> None:
     """Two collections, equal counts, a deleted record, a hidden account."""
     apply_events(
-        db,
+        where,
         [
             *(create(ALICE, f"a{i}", rev=i + 1, t=i) for i in range(3)),
             *(create(BOB, f"b{i}", rev=i + 1, t=10 + i) for i in range(3)),
@@ -38,8 +40,11 @@ def _mixed_file(db: Path) -> None:
     )
 
 
-def _live(db: Path) -> tuple[list[tuple[str, str, int]], list[tuple[str, int, int, int, int]]]:
-    with FileStore(db).reading() as con:
+Counts = tuple[list[tuple[str, str, int]], list[tuple[str, int, int, int, int]]]
+
+
+def _live(where: Where) -> Counts:
+    with store_of(where).reading() as con:
         users = con.execute(
             "SELECT collection, did, count(*) FROM records GROUP BY ALL ORDER BY ALL"
         ).fetchall()
@@ -50,8 +55,8 @@ def _live(db: Path) -> tuple[list[tuple[str, str, int]], list[tuple[str, int, in
     return users, stats
 
 
-def _summaries(db: Path) -> tuple[list[tuple[str, str, int]], list[tuple[str, int, int, int, int]]]:
-    with FileStore(db).reading() as con:
+def _summaries(where: Where) -> Counts:
+    with store_of(where).reading() as con:
         users = con.execute("SELECT * FROM user_counts ORDER BY ALL").fetchall()
         stats = con.execute(
             "SELECT collection, unique_users, total_records, first_record_time_us, "
@@ -60,31 +65,26 @@ def _summaries(db: Path) -> tuple[list[tuple[str, str, int]], list[tuple[str, in
     return users, stats
 
 
-def test_a_rebuild_equals_counting_the_records_view(tmp_path: Path) -> None:
-    db = tmp_path / "mirror.duckdb"
-    _mixed_file(db)
-    with FileStore(db).writing() as tx:
-        counts = rebuild_summaries(tx.con)
+def test_a_rebuild_equals_counting_the_records_view(store: MirrorStore) -> None:
+    _mixed_file(store)
+    counts, _ = store.transact(rebuild_summaries)
     assert (counts.collections, counts.user_rows) == (2, 3)
-    assert _summaries(db) == _live(db)
-    assert _summaries(db)[0] == [(CARD, ALICE, 2), (CARD, BOB, 3), (PAGE, BOB, 1)]
+    assert _summaries(store) == _live(store)
+    assert _summaries(store)[0] == [(CARD, ALICE, 2), (CARD, BOB, 3), (PAGE, BOB, 1)]
 
-    apply_events(db, [create(CAROL, "c9", rev=50, t=50), account(CAROL, active=True, t=51)])
-    with FileStore(db).writing() as tx:
-        rebuild_summaries(tx.con)
-    assert _summaries(db) == _live(db)
-    assert (CARD, CAROL, 5) in _summaries(db)[0]
+    apply_events(store, [create(CAROL, "c9", rev=50, t=50), account(CAROL, active=True, t=51)])
+    store.transact(rebuild_summaries)
+    assert _summaries(store) == _live(store)
+    assert (CARD, CAROL, 5) in _summaries(store)[0]
 
 
-def test_the_api_reads_the_summaries_once_built(tmp_path: Path) -> None:
-    db = tmp_path / "mirror.duckdb"
-    _mixed_file(db)
-    settings = Settings(db_path=db, collections=CollectionFilter.parse(f"{CARD},{PAGE}"))
+def test_the_api_reads_the_summaries_once_built(store: MirrorStore) -> None:
+    _mixed_file(store)
+    settings = settings_on(store, Settings(collections=CollectionFilter.parse(f"{CARD},{PAGE}")))
     with TestClient(app=create_app(settings)) as client:
         live_users = client.get(f"/users/{CARD}").json()
         live_stats = client.get(f"/stats/{CARD}").json()
-        with FileStore(db).writing() as tx:
-            rebuild_summaries(tx.con)
+        store.transact(rebuild_summaries)
         assert client.get(f"/users/{CARD}").json() == live_users
         assert client.get(f"/stats/{CARD}").json() == live_stats
         assert live_users == {
@@ -92,10 +92,9 @@ def test_the_api_reads_the_summaries_once_built(tmp_path: Path) -> None:
         }
 
         # Until the next rebuild the answers are the summaries', not a live count.
-        apply_events(db, [create(ALICE, "a7", rev=70, t=70), create(ALICE, "a8", rev=71, t=71)])
+        apply_events(store, [create(ALICE, "a7", rev=70, t=70), create(ALICE, "a8", rev=71, t=71)])
         assert client.get(f"/users/{CARD}").json() == live_users
-        with FileStore(db).writing() as tx:
-            rebuild_summaries(tx.con)
+        store.transact(rebuild_summaries)
         first = client.get(f"/users/{CARD}", params={"limit": 1}).json()
         assert first["users"] == [{"did": ALICE, "record_count": 4}]
         rest = client.get(f"/users/{CARD}", params={"cursor": first["cursor"]}).json()

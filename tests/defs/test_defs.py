@@ -8,18 +8,12 @@ from pathlib import Path
 import dagster as dg
 import yaml
 
-from mirror_assets.config import Settings
-from mirror_assets.defs.definitions import build_definitions, defs
-from mirror_assets.defs.resources import MirrorResource
+from mirror_assets.defs.definitions import defs
 from mirror_assets.names import WRITER_TAG
+from tests.support.dagster_helpers import lake_definitions
 
 ROOT = Path(__file__).resolve().parents[2]
-# The definitions of a mirror in a DuckLake: building them connects to nothing.
-LAKE_DEFS = build_definitions(
-    MirrorResource.from_settings(
-        Settings(store="ducklake:postgres:dbname=mirror", data_path="/srv/lake/")
-    )
-)
+LAKE_DEFS = lake_definitions()
 
 
 def _parents(key: str) -> set[str]:

@@ -1,9 +1,10 @@
-"""run_backfill against a real PLC/PDS stand-in on 127.0.0.1 and a real DuckDB file.
+"""run_backfill against a real PLC/PDS stand-in on 127.0.0.1 and a real store: the tests of
+what a backfill leaves in the store (`store`) run on the DuckDB file and on the lake.
 
 Every test compares the whole stored state of a DID's listing (URI, CID, record JSON, rev,
 time_us, deleted and hidden flags of every row) with what the PDS holds, and the `backfills`
 row with the pages and records it reports. The PDS side is `tests/support/atproto_server.py`; live
-Jetstream events go through the real apply path (`tests/store_helpers.apply_events`).
+Jetstream events go through the real apply path (`tests/support/store_helpers.apply_events`).
 
 Revs: the stand-in hands out revs from its own clock, a day after the `rev_tid(n)` revs of
 `events_factory`, so a live event *newer* than a backfill pass carries `net.rev(did)` read
@@ -31,6 +32,7 @@ from mirror_assets.atproto.nsids import CollectionFilter
 from mirror_assets.config import BackfillLimits, Settings
 from mirror_assets.model.backfills import due_dids, queue
 from mirror_assets.runs.backfill import BackfillReport, run_backfill
+from mirror_assets.store.contract import MirrorStore
 from mirror_assets.store.file import FileStore
 from tests.support.atproto_server import (
     GET_LATEST_COMMIT,
@@ -55,7 +57,7 @@ from tests.support.events_factory import (
     tid,
     update,
 )
-from tests.support.store_helpers import ENDPOINT, apply_events
+from tests.support.store_helpers import ENDPOINT, Where, apply_events, settings_on, store_of
 
 UNTRACKED = "app.bsky.feed.like"
 TRACKED = f"{CARD},{PAGE}"
@@ -72,7 +74,7 @@ def plc(name: str) -> str:
 
 
 def settings_for(
-    db: Path,
+    where: Where,
     net: AtprotoStandIn,
     *,
     collections: str = TRACKED,
@@ -87,8 +89,7 @@ def settings_for(
         "retry_seconds": 600.0,
         **limits,
     }
-    return Settings(
-        db_path=db,
+    settings = Settings(
         plc_url=net.url,
         relay_url=net.url,
         allow_private_network=allow_private_network,
@@ -96,10 +97,11 @@ def settings_for(
         collections=CollectionFilter.parse(collections),
         backfill=BackfillLimits(**backfill),
     )
+    return settings_on(where, settings)
 
 
-def queue_backfills(db: Path, *pairs: tuple[str, str]) -> None:
-    with FileStore(db).writing() as tx:
+def queue_backfills(where: Where, *pairs: tuple[str, str]) -> None:
+    with store_of(where).writing() as tx:
         queue(tx.con, list(pairs))
 
 
@@ -114,15 +116,15 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 15.0) ->
 class BackgroundRun:
     """run_backfill in a thread (for tests that act while the PDS holds a page)."""
 
-    def __init__(self, settings: Settings, dids: list[str]) -> None:
+    def __init__(self, settings: Settings, dids: list[str], store: MirrorStore) -> None:
         self.report: BackfillReport | None = None
         self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(settings, dids), daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(settings, dids, store), daemon=True)
         self._thread.start()
 
-    def _run(self, settings: Settings, dids: list[str]) -> None:
+    def _run(self, settings: Settings, dids: list[str], store: MirrorStore) -> None:
         try:
-            self.report = run_backfill(settings, dids)
+            self.report = run_backfill(settings, dids, store=store)
         except BaseException as error:
             self.error = error
 
@@ -164,14 +166,14 @@ def uri_of(did_: str, collection: str, rkey: str) -> str:
     return f"at://{did_}/{collection}/{rkey}"
 
 
-def stored(db: Path, did_: str, collection: str | None = None) -> dict[str, Row]:
+def stored(where: Where, did_: str, collection: str | None = None) -> dict[str, Row]:
     """Every row of the DID (or of one of its collections), by URI; one row per URI."""
     query = (
         "SELECT uri, collection, cid, record, rev, time_us, deleted, hidden "
         "FROM record_versions WHERE did = ?"
     )
     result: dict[str, Row] = {}
-    with FileStore(db).reading() as con:
+    with store_of(where).reading() as con:
         rows = con.execute(query, [did_]).fetchall()
     for uri, coll, cid, record, rev, time_us, deleted, hidden in rows:
         if collection is not None and coll != collection:
@@ -182,35 +184,36 @@ def stored(db: Path, did_: str, collection: str | None = None) -> dict[str, Row]
     return result
 
 
-def visible(db: Path, did_: str) -> set[str]:
+def visible(where: Where, did_: str) -> set[str]:
     """URIs of the DID in the `records` view."""
-    with FileStore(db).reading() as con:
+    with store_of(where).reading() as con:
         rows = con.execute("SELECT uri FROM records WHERE did = ?", [did_]).fetchall()
     return {row[0] for row in rows}
 
 
-def backfill_row(db: Path, did_: str, collection: str = CARD) -> BackfillRow | None:
-    with FileStore(db).reading() as con:
+def backfill_row(where: Where, did_: str, collection: str = CARD) -> BackfillRow | None:
+    with store_of(where).reading() as con:
         rows = con.execute(
             "SELECT status, pds_cursor, repo_rev, pages, records, attempts, last_error, "
             "next_attempt_at - updated_at FROM backfills WHERE did = ? AND collection = ?",
             [did_, collection],
         ).fetchall()
+    assert len(rows) <= 1, f"{len(rows)} backfill rows for {did_} {collection}: {rows}"
     return BackfillRow(*rows[0]) if rows else None
 
 
-def pages_saved(db: Path, did_: str) -> int:
-    row = backfill_row(db, did_)
+def pages_saved(where: Where, did_: str) -> int:
+    row = backfill_row(where, did_)
     return -1 if row is None else row.pages
 
 
-def status_of(db: Path, did_: str) -> str | None:
-    row = backfill_row(db, did_)
+def status_of(where: Where, did_: str) -> str | None:
+    row = backfill_row(where, did_)
     return None if row is None else row.status
 
 
-def handle_of(db: Path, did_: str) -> str | None:
-    with FileStore(db).reading() as con:
+def handle_of(where: Where, did_: str) -> str | None:
+    with store_of(where).reading() as con:
         rows = con.execute("SELECT handle FROM accounts WHERE did = ?", [did_]).fetchall()
     return rows[0][0] if rows else None
 
@@ -225,8 +228,8 @@ def pds_document(did_: str, endpoint: str, handle: str | None = None) -> dict[st
     }
 
 
-def due(db: Path) -> list[str]:
-    with FileStore(db).reading() as con:
+def due(where: Where) -> list[str]:
+    with store_of(where).reading() as con:
         return due_dids(con)
 
 
@@ -271,7 +274,7 @@ def with_rev(event: Event, rev: str) -> Event:
 
 
 def test_listings_of_0_1_100_and_1050_records_are_complete_and_exact(
-    net: AtprotoStandIn, db: Path
+    net: AtprotoStandIn, store: MirrorStore
 ) -> None:
     sizes = {plc("zero"): 0, plc("one"): 1, plc("hundred"): 100, plc("big"): 1050}
     times: dict[str, int] = {}
@@ -280,9 +283,9 @@ def test_listings_of_0_1_100_and_1050_records_are_complete_and_exact(
         start = BASE_US + k * 10_000_000
         for i, rkey in enumerate(net.create_records(d, CARD, n, start_us=start) if n else []):
             times[uri_of(d, CARD, rkey)] = start + i
-    queue_backfills(db, *((d, CARD) for d in sizes))
+    queue_backfills(store, *((d, CARD) for d in sizes))
 
-    report = run_backfill(settings_for(db, net), list(sizes))
+    report = run_backfill(settings_for(store, net), list(sizes), store=store)
 
     pages = {d: (n + 99) // 100 for d, n in sizes.items()}  # non-empty pages: 0, 1, 1, 11
     assert report.tasks == 4 and report.dids == 4
@@ -291,14 +294,14 @@ def test_listings_of_0_1_100_and_1050_records_are_complete_and_exact(
     assert report.records_listed == report.applied.upserted == 1151
     assert sorted(report.done_dids) == sorted(sizes)
     for d, n in sizes.items():
-        rows = stored(db, d)
+        rows = stored(store, d)
         assert rows == pds_rows(net, d, CARD, net.rev(d)), d
         assert len(rows) == n
         # Record time is the TID's microseconds (createdAt only has milliseconds).
         assert {uri: row.time_us for uri, row in rows.items()} == {
             uri: t for uri, t in times.items() if uri.startswith(f"at://{d}/")
         }
-        assert backfill_row(db, d) == BackfillRow(
+        assert backfill_row(store, d) == BackfillRow(
             "complete", None, net.rev(d), pages[d], n, 0, None, None
         )
         queries = list_queries(net, d)
@@ -315,9 +318,9 @@ def test_listings_of_0_1_100_and_1050_records_are_complete_and_exact(
             sum(1 for p, q in net.requests if endpoint_of(p) == GET_LATEST_COMMIT and q["did"] == d)
             == 1
         )
-    assert set(visible(db, plc("big"))) == set(pds_rows(net, plc("big"), CARD, "x"))
+    assert set(visible(store, plc("big"))) == set(pds_rows(net, plc("big"), CARD, "x"))
     # Their DID documents claim handles that resolve nowhere: none is believed.
-    assert {d: handle_of(db, d) for d in sizes} == dict.fromkeys(sizes)
+    assert {d: handle_of(store, d) for d in sizes} == dict.fromkeys(sizes)
 
 
 def test_record_time_from_tid_else_created_at_else_first_seen(
@@ -346,7 +349,7 @@ def test_record_time_from_tid_else_created_at_else_first_seen(
 
 
 def test_each_tracked_collection_is_listed_and_an_untracked_one_never(
-    net: AtprotoStandIn, db: Path
+    net: AtprotoStandIn, store: MirrorStore
 ) -> None:
     d = plc("collections")
     net.add_account(d)
@@ -355,13 +358,13 @@ def test_each_tracked_collection_is_listed_and_an_untracked_one_never(
     net.create_records(d, UNTRACKED, 20, start_us=BASE_US + 9_000_000)
     # Queued the way the live stream queues them: one create per tracked collection.
     apply_events(
-        db,
+        store,
         [
             create(d, "live1", rev=1, t=1, collection=CARD),
             create(d, "live2", rev=2, t=2, collection=PAGE),
         ],
     )
-    report = run_backfill(settings_for(db, net), [d])
+    report = run_backfill(settings_for(store, net), [d], store=store)
 
     rev = net.rev(d)
     assert report.completed == 2
@@ -370,18 +373,18 @@ def test_each_tracked_collection_is_listed_and_an_untracked_one_never(
         # The live create the PDS does not have is older than the pass: deleted unseen.
         live_uri = uri_of(d, collection, "live1" if collection == CARD else "live2")
         expected[live_uri] = Row(None, None, rev, at(1 if collection == CARD else 2), True, False)
-        assert stored(db, d, collection) == expected
-        assert backfill_row(db, d, collection) == BackfillRow(
+        assert stored(store, d, collection) == expected
+        assert backfill_row(store, d, collection) == BackfillRow(
             "complete", None, rev, pages, n, 0, None, None
         )
         assert len([q for q in list_queries(net, d) if q["collection"] == collection]) == pages + 1
     assert report.removed == 2
     assert not [q for q in list_queries(net, d) if q["collection"] == UNTRACKED]
-    assert stored(db, d, UNTRACKED) == {}
+    assert stored(store, d, UNTRACKED) == {}
 
 
 def test_a_backfill_of_a_collection_no_longer_tracked_is_not_listed(
-    net: AtprotoStandIn, db: Path
+    net: AtprotoStandIn, store: MirrorStore
 ) -> None:
     """COLLECTIONS once named app.bsky.feed.like and a backfill of it was queued; the mirror
     no longer tracks it, so a run (after a cursor gap re-queued everything) must not list it:
@@ -390,16 +393,16 @@ def test_a_backfill_of_a_collection_no_longer_tracked_is_not_listed(
     net.add_account(d)
     net.create_records(d, CARD, 3)
     net.create_records(d, UNTRACKED, 5, start_us=BASE_US + 9_000_000)
-    queue_backfills(db, (d, CARD), (d, UNTRACKED))
-    apply_events(db, [], gaps=[CursorGap(ENDPOINT, at(0), at(600))])
+    queue_backfills(store, (d, CARD), (d, UNTRACKED))
+    apply_events(store, [], gaps=[CursorGap(ENDPOINT, at(0), at(600))])
 
-    run_backfill(settings_for(db, net, collections=CARD), [d])
+    run_backfill(settings_for(store, net, collections=CARD), [d], store=store)
 
-    assert stored(db, d, CARD) == pds_rows(net, d, CARD, net.rev(d))
+    assert stored(store, d, CARD) == pds_rows(net, d, CARD, net.rev(d))
     assert not [q for q in list_queries(net, d) if q["collection"] == UNTRACKED]
-    assert stored(db, d, UNTRACKED) == {}
+    assert stored(store, d, UNTRACKED) == {}
     # Nor may the untracked row keep the DID due: the sensor would relaunch it forever.
-    assert due(db) == []
+    assert due(store) == []
 
 
 # -- 3. resume after SIGKILL ----------------------------------------------------------------
@@ -414,6 +417,8 @@ from mirror_assets.atproto.nsids import CollectionFilter
 args = json.loads(sys.argv[1])
 settings = Settings(
     db_path=Path(args["db"]),
+    store=args["store"],
+    data_path=args["data_path"],
     plc_url=args["url"],
     relay_url=args["url"],
     allow_private_network=True,
@@ -425,15 +430,24 @@ print(json.dumps(run_backfill(settings, args["dids"]).summary()))
 
 
 def test_a_run_killed_mid_listing_is_continued_from_its_saved_cursor(
-    net: AtprotoStandIn, db: Path
+    net: AtprotoStandIn, store: MirrorStore
 ) -> None:
     d = plc("killed")
     net.add_account(d)
     rkeys = newest_first(net.create_records(d, CARD, 500))
-    queue_backfills(db, (d, CARD))
+    queue_backfills(store, (d, CARD))
     pass_rev = net.rev(d)
     release = net.hold_list_records(after_pages=3)
-    args = {"db": str(db), "url": net.url, "collections": TRACKED, "dids": [d]}
+    # The child opens the store the settings name, as a Dagster run does.
+    named = settings_for(store, net)
+    args = {
+        "db": str(named.db_path),
+        "store": named.store,
+        "data_path": named.data_path,
+        "url": net.url,
+        "collections": TRACKED,
+        "dids": [d],
+    }
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, json.dumps(args)],
         cwd=ROOT,
@@ -445,7 +459,7 @@ def test_a_run_killed_mid_listing_is_continued_from_its_saved_cursor(
 
         def saved_three_pages() -> bool:
             assert child.poll() is None, child.communicate()
-            row = backfill_row(db, d)
+            row = backfill_row(store, d)
             return row is not None and row.pages == 3
 
         wait_for(saved_three_pages, "three pages committed")
@@ -458,36 +472,36 @@ def test_a_run_killed_mid_listing_is_continued_from_its_saved_cursor(
         release.set()
     assert child.returncode == -signal.SIGKILL
 
-    saved = backfill_row(db, d)
+    saved = backfill_row(store, d)
     assert saved == BackfillRow("in_progress", rkeys[299], pass_rev, 3, 300, 0, None, None)
-    assert len(stored(db, d)) == 300
+    assert len(stored(store, d)) == 300
 
     since = len(net.requests)
-    report = run_backfill(settings_for(db, net), [d])
+    report = run_backfill(settings_for(store, net), [d], store=store)
 
     queries = list_queries(net, d, since)
     assert [q.get("cursor") for q in queries] == [rkeys[299], rkeys[399], rkeys[499]]
     assert report.pages == 3 and report.completed == 1
-    assert stored(db, d) == pds_rows(net, d, CARD, pass_rev)
-    assert backfill_row(db, d) == BackfillRow("complete", None, pass_rev, 5, 500, 0, None, None)
+    assert stored(store, d) == pds_rows(net, d, CARD, pass_rev)
+    assert backfill_row(store, d) == BackfillRow("complete", None, pass_rev, 5, 500, 0, None, None)
 
 
 # -- 4. live events during a pass win --------------------------------------------------------
 
 
 def test_live_updates_and_deletes_during_a_pass_are_not_undone(
-    net: AtprotoStandIn, db: Path
+    net: AtprotoStandIn, store: MirrorStore
 ) -> None:
     d = plc("livewins")
     net.add_account(d)
     rkeys = newest_first(net.create_records(d, CARD, 450))
-    queue_backfills(db, (d, CARD))
+    queue_backfills(store, (d, CARD))
     pass_rev = net.rev(d)
     release = net.hold_list_records(after_pages=2)
-    run = BackgroundRun(settings_for(db, net), [d])
+    run = BackgroundRun(settings_for(store, net), [d], store=store)
     try:
         wait_for(lambda: len(list_queries(net, d)) == 3, "the held third page request")
-        wait_for(lambda: pages_saved(db, d) == 2, "two pages committed")
+        wait_for(lambda: pages_saved(store, d) == 2, "two pages committed")
         # Records of pages already written (rkeys[:200]) and of pages still to come.
         early_update, early_delete = rkeys[10], rkeys[20]
         late_update, late_delete = rkeys[300], rkeys[420]
@@ -503,7 +517,7 @@ def test_live_updates_and_deletes_during_a_pass_are_not_undone(
             events.append(with_rev(delete(d, rkey, rev=0, t=110 + i), net.rev(d)))
         net.put_record(d, CARD, new_rkey, record_body(CARD, "new"))
         events.append(with_rev(create(d, new_rkey, rev=0, t=120, text="new"), net.rev(d)))
-        apply_events(db, events)
+        apply_events(store, events)
     finally:
         release.set()
     report = run.join()
@@ -519,8 +533,8 @@ def test_live_updates_and_deletes_during_a_pass_are_not_undone(
             expected[uri] = Row(
                 commit["cid"], commit["record"], commit["rev"], event["time_us"], False, False
             )
-    assert stored(db, d) == expected
-    row = backfill_row(db, d)
+    assert stored(store, d) == expected
+    row = backfill_row(store, d)
     assert row is not None and row.status == "complete" and row.pages == 5
 
 
@@ -529,21 +543,21 @@ def test_live_updates_and_deletes_during_a_pass_are_not_undone(
 
 @pytest.mark.parametrize("how", ["restart", "cursor_gap"])
 def test_a_resync_turns_records_deleted_unseen_into_tombstones(
-    net: AtprotoStandIn, db: Path, how: str
+    net: AtprotoStandIn, store: MirrorStore, how: str
 ) -> None:
     d, gone = plc("resync"), plc("gone")
     net.add_account(d)
     rkeys = newest_first(net.create_records(d, CARD, 130))
     net.put_record(d, CARD, "nodate", {"$type": CARD, "text": "timed when first seen"})
-    queue_backfills(db, (d, CARD), (gone, CARD))
+    queue_backfills(store, (d, CARD), (gone, CARD))
     net.tombstone_did(gone)
-    settings = settings_for(db, net)
-    run_backfill(settings, [d, gone])
-    first = stored(db, d)
+    settings = settings_for(store, net)
+    run_backfill(settings, [d, gone], store=store)
+    first = stored(store, d)
     assert first == pds_rows(net, d, CARD, net.rev(d)) | {
         uri_of(d, CARD, "nodate"): first[uri_of(d, CARD, "nodate")]
     }
-    assert status_of(db, gone) == "tombstoned"
+    assert status_of(store, gone) == "tombstoned"
 
     removed = [rkeys[0], rkeys[99], rkeys[129]]  # pages 1 and 2
     for rkey in removed:
@@ -551,13 +565,13 @@ def test_a_resync_turns_records_deleted_unseen_into_tombstones(
     resync_rev = net.rev(d)
     time.sleep(0.002)  # "now" moves on: a re-read must keep the first-seen time
     if how == "restart":
-        report = run_backfill(settings, [d], restart=[(d, CARD)])
+        report = run_backfill(settings, [d], restart=[(d, CARD)], store=store)
     else:
-        apply_events(db, [], gaps=[CursorGap(ENDPOINT, at(0), at(600))])
-        assert backfill_row(db, d) == BackfillRow("pending", None, None, 0, 0, 0, None, None)
-        assert status_of(db, gone) == "tombstoned"
-        assert due(db) == [d]
-        report = run_backfill(settings, [d])
+        apply_events(store, [], gaps=[CursorGap(ENDPOINT, at(0), at(600))])
+        assert backfill_row(store, d) == BackfillRow("pending", None, None, 0, 0, 0, None, None)
+        assert status_of(store, gone) == "tombstoned"
+        assert due(store) == [d]
+        report = run_backfill(settings, [d], store=store)
 
     assert report.removed == 3 and report.completed == 1
     expected = {
@@ -566,53 +580,55 @@ def test_a_resync_turns_records_deleted_unseen_into_tombstones(
         else row._replace(cid=None, record=None, rev=resync_rev, deleted=True)
         for uri, row in first.items()
     }
-    assert stored(db, d) == expected
-    assert backfill_row(db, d) == BackfillRow("complete", None, resync_rev, 2, 128, 0, None, None)
+    assert stored(store, d) == expected
+    assert backfill_row(store, d) == BackfillRow(
+        "complete", None, resync_rev, 2, 128, 0, None, None
+    )
 
     # A late replay of an old create of a removed record does not bring it back.
     replay = create(d, removed[1], rev=7, t=5)
-    result = apply_events(db, [replay])
+    result = apply_events(store, [replay])
     assert result.stale == 1
-    assert stored(db, d) == expected
+    assert stored(store, d) == expected
 
 
 def test_a_cursor_gap_during_a_pass_leaves_the_listing_for_a_new_pass(
-    net: AtprotoStandIn, db: Path
+    net: AtprotoStandIn, store: MirrorStore
 ) -> None:
     """Events were lost while the pass was paging: its end no longer proves the DID complete."""
     d = plc("gapmid")
     net.add_account(d)
     rkeys = newest_first(net.create_records(d, CARD, 250))
-    queue_backfills(db, (d, CARD))
+    queue_backfills(store, (d, CARD))
     release = net.hold_list_records(after_pages=1)
-    run = BackgroundRun(settings_for(db, net), [d])
+    run = BackgroundRun(settings_for(store, net), [d], store=store)
     try:
-        wait_for(lambda: pages_saved(db, d) == 1, "the first page committed")
+        wait_for(lambda: pages_saved(store, d) == 1, "the first page committed")
         net.delete_record(d, CARD, rkeys[0])  # unseen: its live delete is in the gap
-        apply_events(db, [], gaps=[CursorGap(ENDPOINT, at(0), at(600))])
+        apply_events(store, [], gaps=[CursorGap(ENDPOINT, at(0), at(600))])
     finally:
         release.set()
     report = run.join()
 
     assert report.completed == 0 and report.removed == 0
-    assert backfill_row(db, d) == BackfillRow("pending", None, None, 0, 0, 0, None, None)
-    assert due(db) == [d]
+    assert backfill_row(store, d) == BackfillRow("pending", None, None, 0, 0, 0, None, None)
+    assert due(store) == [d]
     since = len(net.requests)
-    report = run_backfill(settings_for(db, net), [d])
+    report = run_backfill(settings_for(store, net), [d], store=store)
     assert "cursor" not in list_queries(net, d, since)[0]
     assert report.removed == 1
     rev = net.rev(d)
     expected = pds_rows(net, d, CARD, rev)
     expected[uri_of(d, CARD, rkeys[0])] = Row(None, None, rev, tid_us(rkeys[0]), True, False)
-    assert stored(db, d) == expected
-    assert backfill_row(db, d) == BackfillRow("complete", None, rev, 3, 249, 0, None, None)
+    assert stored(store, d) == expected
+    assert backfill_row(store, d) == BackfillRow("complete", None, rev, 3, 249, 0, None, None)
 
 
 # -- 6. repositories that are gone or closed -------------------------------------------------
 
 
 def test_closed_or_unknown_repositories_end_with_their_status(
-    net: AtprotoStandIn, db: Path
+    net: AtprotoStandIn, store: MirrorStore
 ) -> None:
     no_repo, takendown, deactivated = plc("norepo"), plc("takendown"), plc("deactivated")
     unknown, tombstoned = plc("unknown"), plc("tombstoned")
@@ -629,10 +645,10 @@ def test_closed_or_unknown_repositories_end_with_their_status(
     net.add_account(tombstoned)
     net.tombstone_did(tombstoned)
     everyone = [no_repo, takendown, deactivated, suspended, unknown, tombstoned]
-    queue_backfills(db, *((d, CARD) for d in everyone))
-    settings = settings_for(db, net)
+    queue_backfills(store, *((d, CARD) for d in everyone))
+    settings = settings_for(store, net)
 
-    report = run_backfill(settings, everyone)
+    report = run_backfill(settings, everyone, store=store)
 
     expected = {
         no_repo: ("not_found", "RepoNotFound"),
@@ -643,7 +659,7 @@ def test_closed_or_unknown_repositories_end_with_their_status(
         tombstoned: ("tombstoned", "410"),
     }
     for d, (status, message) in expected.items():
-        row = backfill_row(db, d)
+        row = backfill_row(store, d)
         assert row is not None
         assert (row.status, row.attempts, row.retry_delay, row.pds_cursor) == (
             status,
@@ -653,7 +669,7 @@ def test_closed_or_unknown_repositories_end_with_their_status(
         )
         assert row.last_error is not None and message in row.last_error, (d, row.last_error)
         assert report.errors[f"{d} {CARD}"] == row.last_error
-        assert stored(db, d) == {}
+        assert stored(store, d) == {}
     assert report.ended == {
         "not_found": 2,
         "takendown": 1,
@@ -663,37 +679,37 @@ def test_closed_or_unknown_repositories_end_with_their_status(
     }
     assert sorted(report.done_dids) == sorted(everyone)
     assert list_queries(net, takendown) == list_queries(net, deactivated) == []
-    assert due(db) == []
+    assert due(store) == []
 
     since = len(net.requests)
-    again = run_backfill(settings, everyone)
+    again = run_backfill(settings, everyone, store=store)
     assert again.tasks == 0 and len(net.requests) == since
 
 
 def test_an_account_active_again_has_its_closed_backfill_queued_again(
-    net: AtprotoStandIn, db: Path
+    net: AtprotoStandIn, store: MirrorStore
 ) -> None:
     d, other = plc("reactivated"), plc("stillclosed")
     for account_did in (d, other):
         net.add_account(account_did)
         net.create_records(account_did, CARD, 3)
         net.set_repo_status(account_did, "deactivated")
-    queue_backfills(db, (d, CARD), (other, CARD))
-    settings = settings_for(db, net)
-    run_backfill(settings, [d, other])
-    assert (status_of(db, d), status_of(db, other)) == ("deactivated", "deactivated")
+    queue_backfills(store, (d, CARD), (other, CARD))
+    settings = settings_for(store, net)
+    run_backfill(settings, [d, other], store=store)
+    assert (status_of(store, d), status_of(store, other)) == ("deactivated", "deactivated")
 
     net.set_repo_status(d, None)
     now_t = (time.time_ns() // 1000 - BASE_US) / 1_000_000
-    apply_events(db, [account(d, active=False, status="deactivated", t=now_t)])
-    assert due(db) == []  # closing again changes nothing
-    apply_events(db, [account(d, active=True, t=now_t + 1)])
+    apply_events(store, [account(d, active=False, status="deactivated", t=now_t)])
+    assert due(store) == []  # closing again changes nothing
+    apply_events(store, [account(d, active=True, t=now_t + 1)])
 
-    assert due(db) == [d]
-    run_backfill(settings, [d])
-    assert status_of(db, d) == "complete"
-    assert stored(db, d) == pds_rows(net, d, CARD, net.rev(d))
-    assert status_of(db, other) == "deactivated"
+    assert due(store) == [d]
+    run_backfill(settings, [d], store=store)
+    assert status_of(store, d) == "complete"
+    assert stored(store, d) == pds_rows(net, d, CARD, net.rev(d))
+    assert status_of(store, other) == "deactivated"
 
 
 # -- 7. faults -------------------------------------------------------------------------------
@@ -741,63 +757,66 @@ def test_a_rate_limit_of_hours_fails_the_backfill_instead_of_waiting(
 
 
 def test_server_errors_fail_the_backfill_and_it_is_retried_after_a_doubling_delay(
-    net: AtprotoStandIn, db: Path
+    net: AtprotoStandIn, store: MirrorStore
 ) -> None:
     d = plc("servererr")
     net.add_account(d)
     net.create_records(d, CARD, 150)
-    queue_backfills(db, (d, CARD))
-    retry = 0.6  # seconds: enough for the checks below to run before it passes
-    settings = settings_for(db, net, retry_seconds=retry, http_attempts=3)
+    queue_backfills(store, (d, CARD))
+    # Seconds: enough for the checks below to run before it passes (the lake's reads and
+    # transactions take longer than the file's, and its delay runs from the transaction's
+    # start).
+    retry = 0.6 if isinstance(store, FileStore) else 1.5
+    settings = settings_for(store, net, retry_seconds=retry, http_attempts=3)
     pass_rev = net.rev(d)
 
     net.fail(LIST_RECORDS, 500, times=3)
-    report = run_backfill(settings, [d])
+    report = run_backfill(settings, [d], store=store)
     assert report.ended == {"failed": 1}
-    row = backfill_row(db, d)
+    row = backfill_row(store, d)
     assert row is not None
     assert (row.status, row.attempts, row.pages, row.pds_cursor) == ("failed", 1, 0, None)
     assert row.last_error is not None and "server error 500" in row.last_error
     assert "3 attempts" in row.last_error
     assert row.retry_delay == timedelta(seconds=retry)
     assert len(list_queries(net, d)) == 3
-    assert due(db) == []
+    assert due(store) == []
     since = len(net.requests)
-    assert run_backfill(settings, [d]).tasks == 0  # not before its time
+    assert run_backfill(settings, [d], store=store).tasks == 0  # not before its time
     assert len(net.requests) == since
 
     time.sleep(retry + 0.05)
-    assert due(db) == [d]
+    assert due(store) == [d]
     net.fail(LIST_RECORDS, 500, times=3)  # fails again: the delay doubles
-    report = run_backfill(settings, [d])
-    row = backfill_row(db, d)
+    report = run_backfill(settings, [d], store=store)
+    row = backfill_row(store, d)
     assert row is not None
     assert (row.status, row.attempts) == ("failed", 2)
     assert row.retry_delay == timedelta(seconds=2 * retry)
-    assert due(db) == []
+    assert due(store) == []
 
     time.sleep(2 * retry + 0.05)
-    assert due(db) == [d]
+    assert due(store) == [d]
     since = len(net.requests)
-    report = run_backfill(settings, [d])
+    report = run_backfill(settings, [d], store=store)
     assert report.completed == 1
     assert net.count(PLC) == 1  # the PDS was remembered between runs
-    assert stored(db, d) == pds_rows(net, d, CARD, pass_rev)
-    assert backfill_row(db, d) == BackfillRow("complete", None, pass_rev, 2, 150, 0, None, None)
+    assert stored(store, d) == pds_rows(net, d, CARD, pass_rev)
+    assert backfill_row(store, d) == BackfillRow("complete", None, pass_rev, 2, 150, 0, None, None)
 
 
 def test_a_failure_mid_listing_keeps_the_saved_cursor_for_the_retry(
-    net: AtprotoStandIn, db: Path
+    net: AtprotoStandIn, store: MirrorStore
 ) -> None:
     d = plc("midfail")
     net.add_account(d)
     rkeys = newest_first(net.create_records(d, CARD, 250))
-    queue_backfills(db, (d, CARD))
+    queue_backfills(store, (d, CARD))
     retry = 0.2
-    settings = settings_for(db, net, retry_seconds=retry)
+    settings = settings_for(store, net, retry_seconds=retry)
     pass_rev = net.rev(d)
     release = net.hold_list_records(after_pages=1)
-    run = BackgroundRun(settings, [d])
+    run = BackgroundRun(settings, [d], store=store)
     try:
         wait_for(lambda: len(list_queries(net, d)) == 2, "the held second page request")
         net.fail(LIST_RECORDS, 503, times=3)
@@ -805,7 +824,7 @@ def test_a_failure_mid_listing_keeps_the_saved_cursor_for_the_retry(
         release.set()
     report = run.join()
     assert report.ended == {"failed": 1}
-    row = backfill_row(db, d)
+    row = backfill_row(store, d)
     assert row is not None
     assert (row.status, row.pds_cursor, row.repo_rev, row.pages, row.records, row.attempts) == (
         "failed",
@@ -817,10 +836,10 @@ def test_a_failure_mid_listing_keeps_the_saved_cursor_for_the_retry(
     )
     time.sleep(retry + 0.05)
     since = len(net.requests)
-    run_backfill(settings, [d])
+    run_backfill(settings, [d], store=store)
     assert list_queries(net, d, since)[0]["cursor"] == rkeys[99]
-    assert stored(db, d) == pds_rows(net, d, CARD, pass_rev)
-    assert backfill_row(db, d) == BackfillRow("complete", None, pass_rev, 3, 250, 0, None, None)
+    assert stored(store, d) == pds_rows(net, d, CARD, pass_rev)
+    assert backfill_row(store, d) == BackfillRow("complete", None, pass_rev, 3, 250, 0, None, None)
 
 
 def test_malformed_answers_every_time_fail_the_backfill(net: AtprotoStandIn, db: Path) -> None:
@@ -1008,30 +1027,32 @@ def test_an_account_that_moved_is_listed_from_its_new_pds(net: AtprotoStandIn, d
 # -- 8. the time budget ------------------------------------------------------------------------
 
 
-def test_a_run_out_of_time_leaves_the_listing_to_resume(net: AtprotoStandIn, db: Path) -> None:
+def test_a_run_out_of_time_leaves_the_listing_to_resume(
+    net: AtprotoStandIn, store: MirrorStore
+) -> None:
     d = plc("slow")
     net.add_account(d)
     rkeys = newest_first(net.create_records(d, CARD, 150))
-    queue_backfills(db, (d, CARD))
+    queue_backfills(store, (d, CARD))
     pass_rev = net.rev(d)
     net.delay(LIST_RECORDS, 1.0)  # the first page arrives after the budget is spent
 
-    report = run_backfill(settings_for(db, net, run_seconds=0.8), [d])
+    report = run_backfill(settings_for(store, net, run_seconds=0.8), [d], store=store)
 
     assert report.paused == 1 and report.completed == 0 and not report.ended
     assert report.done_dids == []
-    assert backfill_row(db, d) == BackfillRow(
+    assert backfill_row(store, d) == BackfillRow(
         "in_progress", rkeys[99], pass_rev, 1, 100, 0, None, None
     )
-    assert due(db) == [d]
+    assert due(store) == [d]
     assert len(list_queries(net, d)) == 1
 
     since = len(net.requests)
-    report = run_backfill(settings_for(db, net), [d])
+    report = run_backfill(settings_for(store, net), [d], store=store)
     assert [q.get("cursor") for q in list_queries(net, d, since)] == [rkeys[99], rkeys[149]]
     assert report.completed == 1
-    assert stored(db, d) == pds_rows(net, d, CARD, pass_rev)
-    assert backfill_row(db, d) == BackfillRow("complete", None, pass_rev, 2, 150, 0, None, None)
+    assert stored(store, d) == pds_rows(net, d, CARD, pass_rev)
+    assert backfill_row(store, d) == BackfillRow("complete", None, pass_rev, 2, 150, 0, None, None)
 
 
 # -- 9. account lifecycle ----------------------------------------------------------------------
@@ -1057,44 +1078,44 @@ def test_a_deleted_account_gets_nothing_written(net: AtprotoStandIn, db: Path) -
 
 
 def test_an_account_deleted_during_its_backfill_keeps_nothing(
-    net: AtprotoStandIn, db: Path
+    net: AtprotoStandIn, store: MirrorStore
 ) -> None:
     d = plc("deletedmid")
     net.add_account(d)
     net.create_records(d, CARD, 350)
-    apply_events(db, [create(d, "first", rev=1, t=1)])
+    apply_events(store, [create(d, "first", rev=1, t=1)])
     release = net.hold_list_records(after_pages=1)
-    run = BackgroundRun(settings_for(db, net), [d])
+    run = BackgroundRun(settings_for(store, net), [d], store=store)
     try:
         wait_for(lambda: len(list_queries(net, d)) == 2, "the held second page request")
-        apply_events(db, [account(d, active=False, status="deleted", t=2)])
+        apply_events(store, [account(d, active=False, status="deleted", t=2)])
     finally:
         release.set()
     run.join()
 
-    assert stored(db, d) == {}
-    assert backfill_row(db, d) is None
-    assert due(db) == []
+    assert stored(store, d) == {}
+    assert backfill_row(store, d) is None
+    assert due(store) == []
 
 
-def test_a_hidden_account_is_backfilled_hidden(net: AtprotoStandIn, db: Path) -> None:
+def test_a_hidden_account_is_backfilled_hidden(net: AtprotoStandIn, store: MirrorStore) -> None:
     d = plc("hidden")
     net.add_account(d)
     net.create_records(d, CARD, 120)
     apply_events(
-        db,
+        store,
         [create(d, "first", rev=1, t=1), account(d, active=False, status="takendown", t=2)],
     )
 
-    run_backfill(settings_for(db, net), [d])
+    run_backfill(settings_for(store, net), [d], store=store)
 
     rev = net.rev(d)
     expected = pds_rows(net, d, CARD, rev, hidden=True)
     expected[uri_of(d, CARD, "first")] = Row(None, None, rev, at(1), True, True)
-    assert stored(db, d) == expected
-    assert visible(db, d) == set()
-    apply_events(db, [account(d, active=True, t=3)])
-    assert visible(db, d) == set(pds_rows(net, d, CARD, rev))
+    assert stored(store, d) == expected
+    assert visible(store, d) == set()
+    apply_events(store, [account(d, active=True, t=3)])
+    assert visible(store, d) == set(pds_rows(net, d, CARD, rev))
 
 
 # -- 10. politeness --------------------------------------------------------------------------
@@ -1145,24 +1166,24 @@ def test_a_second_run_over_complete_dids_does_nothing(net: AtprotoStandIn, db: P
 
 
 def test_a_live_update_after_a_pass_takes_its_own_time_even_with_the_same_content(
-    net: AtprotoStandIn, db: Path
+    net: AtprotoStandIn, store: MirrorStore
 ) -> None:
     """A pass that read an edit before its event arrived wrote the record at its TID time;
     the event, with the same CID and a newer rev, brings the edit's own time."""
     d = plc("edited")
     net.add_account(d)
     [rkey] = net.create_records(d, CARD, 1)
-    queue_backfills(db, (d, CARD))
+    queue_backfills(store, (d, CARD))
     net.put_record(d, CARD, rkey, record_body(CARD, "edited"))  # its event is late
-    run_backfill(settings_for(db, net), [d])
+    run_backfill(settings_for(store, net), [d], store=store)
     uri = uri_of(d, CARD, rkey)
-    assert stored(db, d)[uri].time_us == tid_us(rkey)
+    assert stored(store, d)[uri].time_us == tid_us(rkey)
 
     late = with_rev(update(d, rkey, rev=0, t=500, text="edited"), net.new_rev())
-    assert late["commit"]["cid"] == stored(db, d)[uri].cid
-    apply_events(db, [late])
+    assert late["commit"]["cid"] == stored(store, d)[uri].cid
+    apply_events(store, [late])
 
-    assert stored(db, d)[uri].time_us == at(500)
+    assert stored(store, d)[uri].time_us == at(500)
 
 
 def test_the_resolved_pds_is_reused_until_an_identity_event(net: AtprotoStandIn, db: Path) -> None:

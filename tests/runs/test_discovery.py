@@ -1,7 +1,8 @@
 """Discovery: the relay's listReposByCollection, paged into the backfill queue, resumably.
 
-Real HTTP against the relay stand-in, a real DuckDB file, and for the sensor and the asset a
-real (temporary) Dagster instance.
+Real HTTP against the relay stand-in, a real store (the passes on the file and on the lake:
+`store`), and for the sensor and the asset a real DuckDB file and a real (temporary) Dagster
+instance.
 """
 
 from __future__ import annotations
@@ -23,25 +24,26 @@ from mirror_assets.defs.sensors import discovery_sensor
 from mirror_assets.names import DISCOVERY_JOB
 from mirror_assets.network.xrpc import UnavailableError
 from mirror_assets.runs.discovery import REPASS_AFTER, CollectionPass, run_discovery
+from mirror_assets.store.contract import MirrorStore
 from mirror_assets.store.file import FileStore
 from tests.support.atproto_server import LIST_REPOS_BY_COLLECTION, AtprotoStandIn, endpoint_of
 from tests.support.dagster_helpers import add_run, metadata_of
 from tests.support.events_factory import CARD, PAGE, account, create, numbered_did
-from tests.support.store_helpers import apply_events
+from tests.support.store_helpers import Where, apply_events, settings_on, store_of
 
 ATTEMPTS = 3
 plc = numbered_did  # the n-th resolvable did:plc; plc(a) < plc(b) iff a < b
 
 
-def settings_for(tmp_path: Path, relay: str, collections: str = CARD) -> Settings:
-    return Settings(
+def settings_for(where: Where, relay: str, collections: str = CARD) -> Settings:
+    settings = Settings(
         collections=CollectionFilter.parse(collections),
-        db_path=tmp_path / "mirror.duckdb",
         plc_url=relay,
         relay_url=relay,
         allow_private_network=True,
         backfill=BackfillLimits(http_backoff_seconds=0.01, http_attempts=ATTEMPTS),
     )
+    return settings_on(where, settings)
 
 
 def publish(net: AtprotoStandIn, dids: list[str], collection: str = CARD) -> list[str]:
@@ -70,8 +72,8 @@ class State:
     completed_at: datetime | None
 
 
-def discovery_state(settings: Settings) -> dict[str, State]:
-    with FileStore(settings.db_path).reading() as con:
+def discovery_state(where: Where) -> dict[str, State]:
+    with store_of(where).reading() as con:
         rows = con.execute(
             "SELECT collection, relay, cursor, repos_listed, dids_queued, pass_started_at, "
             "completed_at FROM discovery_state"
@@ -79,14 +81,14 @@ def discovery_state(settings: Settings) -> dict[str, State]:
     return {row[0]: State(*row[1:]) for row in rows}
 
 
-def backfills(settings: Settings) -> dict[tuple[str, str], str]:
-    with FileStore(settings.db_path).reading() as con:
+def backfills(where: Where) -> dict[tuple[str, str], str]:
+    with store_of(where).reading() as con:
         rows = con.execute("SELECT did, collection, status FROM backfills").fetchall()
     return {(did, collection): status for did, collection, status in rows}
 
 
-def accounts(settings: Settings) -> dict[str, str]:
-    with FileStore(settings.db_path).reading() as con:
+def accounts(where: Where) -> dict[str, str]:
+    with store_of(where).reading() as con:
         return dict(con.execute("SELECT did, status FROM accounts").fetchall())
 
 
@@ -94,13 +96,13 @@ def accounts(settings: Settings) -> dict[str, str]:
 
 
 def test_a_pass_pages_the_relay_and_queues_every_listed_did(
-    tmp_path: Path, net: AtprotoStandIn
+    store: MirrorStore, net: AtprotoStandIn
 ) -> None:
     dids = publish(net, [plc(n) for n in range(1205)])
     net.list_repos_page_size(500)
-    settings = settings_for(tmp_path, net.url)
+    settings = settings_for(store, net.url)
 
-    report = run_discovery(settings)
+    report = run_discovery(settings, store)
 
     assert report.passes == [
         CollectionPass(
@@ -126,9 +128,9 @@ def test_a_pass_pages_the_relay_and_queues_every_listed_did(
     asks = relay_asks(net)
     assert [ask.get("cursor") for ask in asks] == [None, dids[499], dids[999]]
     assert all(ask["collection"] == CARD and ask["limit"] == "2000" for ask in asks)
-    assert backfills(settings) == {(did, CARD): "pending" for did in dids}
-    assert accounts(settings) == dict.fromkeys(dids, "active")
-    [state] = discovery_state(settings).values()
+    assert backfills(store) == {(did, CARD): "pending" for did in dids}
+    assert accounts(store) == dict.fromkeys(dids, "active")
+    [state] = discovery_state(store).values()
     assert (state.relay, state.cursor, state.repos_listed, state.dids_queued) == (
         net.url,
         None,
@@ -138,22 +140,22 @@ def test_a_pass_pages_the_relay_and_queues_every_listed_did(
     assert state.completed_at is not None
 
     # Right away, nothing is due: the relay is not asked again.
-    again = run_discovery(settings)
+    again = run_discovery(settings, store)
     assert again.passes == []
     assert len(relay_asks(net)) == 3
-    assert discovery_state(settings)[CARD] == state
+    assert discovery_state(store)[CARD] == state
 
 
-def test_a_pass_of_a_single_page_is_complete(tmp_path: Path, net: AtprotoStandIn) -> None:
+def test_a_pass_of_a_single_page_is_complete(db: Path, net: AtprotoStandIn) -> None:
     dids = publish(net, [plc(n) for n in range(3)])
-    settings = settings_for(tmp_path, net.url)
+    settings = settings_for(db, net.url)
 
     report = run_discovery(settings)
 
     assert [p.complete for p in report.passes] == [True]
-    state = discovery_state(settings)[CARD]
+    state = discovery_state(db)[CARD]
     assert (state.cursor, state.repos_listed, state.dids_queued) == (None, 3, 3)
-    assert backfills(settings) == {(did, CARD): "pending" for did in dids}
+    assert backfills(db) == {(did, CARD): "pending" for did in dids}
     # The pass ended on its first page, so it is complete: not due again until REPASS_AFTER.
     assert state.completed_at is not None
     assert run_discovery(settings).passes == []
@@ -161,26 +163,26 @@ def test_a_pass_of_a_single_page_is_complete(tmp_path: Path, net: AtprotoStandIn
 
 
 def test_an_interrupted_pass_resumes_from_its_saved_cursor(
-    tmp_path: Path, net: AtprotoStandIn
+    store: MirrorStore, net: AtprotoStandIn
 ) -> None:
     dids = publish(net, [plc(n) for n in range(1205)])
     net.list_repos_page_size(500)
-    settings = settings_for(tmp_path, net.url)
+    settings = settings_for(store, net.url)
     # The first page is answered; the second fails every attempt.
     net.delay(LIST_REPOS_BY_COLLECTION, 0, times=1)
     net.fail(LIST_REPOS_BY_COLLECTION, 500, times=ATTEMPTS)
 
     with pytest.raises(UnavailableError, match="server error 500"):
-        run_discovery(settings)
+        run_discovery(settings, store)
 
     assert [ask.get("cursor") for ask in relay_asks(net)] == [None] + [dids[499]] * ATTEMPTS
-    stopped = discovery_state(settings)[CARD]
+    stopped = discovery_state(store)[CARD]
     assert (stopped.cursor, stopped.repos_listed, stopped.dids_queued) == (dids[499], 500, 500)
     assert stopped.completed_at is None
-    assert backfills(settings) == {(did, CARD): "pending" for did in dids[:500]}
+    assert backfills(store) == {(did, CARD): "pending" for did in dids[:500]}
 
     asked_before = len(relay_asks(net))
-    report = run_discovery(settings)
+    report = run_discovery(settings, store)
 
     resumed = relay_asks(net)[asked_before:]
     assert [ask.get("cursor") for ask in resumed] == [dids[499], dids[999]]
@@ -195,22 +197,20 @@ def test_an_interrupted_pass_resumes_from_its_saved_cursor(
             complete=True,
         )
     ]
-    done = discovery_state(settings)[CARD]
+    done = discovery_state(store)[CARD]
     assert (done.cursor, done.repos_listed, done.dids_queued) == (None, 1205, 1205)
     assert done.pass_started_at == stopped.pass_started_at  # the same pass, continued
     assert done.completed_at is not None
-    assert backfills(settings) == {(did, CARD): "pending" for did in dids}
+    assert backfills(store) == {(did, CARD): "pending" for did in dids}
 
 
-def test_invalid_dids_in_a_listing_are_counted_and_skipped(
-    tmp_path: Path, net: AtprotoStandIn
-) -> None:
+def test_invalid_dids_in_a_listing_are_counted_and_skipped(db: Path, net: AtprotoStandIn) -> None:
     valid = publish(net, [plc(n) for n in range(3)])
     # The stand-in lists whatever accounts it holds; these sort after the valid ones, so the
     # last page holds nothing but invalid DIDs.
     invalid = publish(net, ["did:plc:has space", "not-a-did", "web:example.com"])
     net.list_repos_page_size(2)
-    settings = settings_for(tmp_path, net.url)
+    settings = settings_for(db, net.url)
 
     report = run_discovery(settings)
 
@@ -225,43 +225,43 @@ def test_invalid_dids_in_a_listing_are_counted_and_skipped(
             complete=True,
         )
     ]
-    assert backfills(settings) == {(did, CARD): "pending" for did in valid}
-    assert set(accounts(settings)) == set(valid)
-    assert not set(accounts(settings)) & set(invalid)
-    state = discovery_state(settings)[CARD]
+    assert backfills(db) == {(did, CARD): "pending" for did in valid}
+    assert set(accounts(db)) == set(valid)
+    assert not set(accounts(db)) & set(invalid)
+    state = discovery_state(db)[CARD]
     assert (state.cursor, state.repos_listed, state.dids_queued) == (None, 6, 3)
 
 
-def test_wildcards_are_reported_not_discoverable(tmp_path: Path, net: AtprotoStandIn) -> None:
+def test_wildcards_are_reported_not_discoverable(db: Path, net: AtprotoStandIn) -> None:
     publish(net, [plc(0)])
     publish(net, [plc(1)], collection="app.other.thing")
-    settings = settings_for(tmp_path, net.url, f"{CARD},app.other.*")
+    settings = settings_for(db, net.url, f"{CARD},app.other.*")
 
     report = run_discovery(settings)
 
     assert report.not_discoverable == ["app.other.*"]
     assert [p.collection for p in report.passes] == [CARD]
     assert {ask["collection"] for ask in relay_asks(net)} == {CARD}
-    assert backfills(settings) == {(plc(0), CARD): "pending"}
+    assert backfills(db) == {(plc(0), CARD): "pending"}
 
-    only_wildcards = run_discovery(settings_for(tmp_path, net.url, "app.other.*"))
+    only_wildcards = run_discovery(settings_for(db, net.url, "app.other.*"))
     assert only_wildcards.passes == []
     assert only_wildcards.not_discoverable == ["app.other.*"]
 
 
 def test_a_newly_tracked_collection_is_passed_and_the_old_one_is_not(
-    tmp_path: Path, net: AtprotoStandIn
+    store: MirrorStore, net: AtprotoStandIn
 ) -> None:
     cards = publish(net, [plc(n) for n in range(4)])
     pages = publish(net, [plc(2), plc(3), plc(4)], collection=PAGE)
     net.list_repos_page_size(2)  # two pages each (a one-page pass is another test's subject)
-    first = run_discovery(settings_for(tmp_path, net.url, CARD))
+    first = run_discovery(settings_for(store, net.url, CARD), store)
     assert [p.collection for p in first.passes] == [CARD]
-    card_state = discovery_state(settings_for(tmp_path, net.url, CARD))[CARD]
+    card_state = discovery_state(store)[CARD]
 
-    settings = settings_for(tmp_path, net.url, f"{CARD},{PAGE}")
+    settings = settings_for(store, net.url, f"{CARD},{PAGE}")
     asked_before = len(relay_asks(net))
-    second = run_discovery(settings)
+    second = run_discovery(settings, store)
 
     assert second.passes == [
         CollectionPass(
@@ -275,63 +275,65 @@ def test_a_newly_tracked_collection_is_passed_and_the_old_one_is_not(
         )
     ]
     assert [ask["collection"] for ask in relay_asks(net)[asked_before:]] == [PAGE, PAGE]
-    assert backfills(settings) == {
+    assert backfills(store) == {
         **{(did, CARD): "pending" for did in cards},
         **{(did, PAGE): "pending" for did in pages},
     }
-    state = discovery_state(settings)
+    state = discovery_state(store)
     assert state[CARD] == card_state
     assert (state[PAGE].cursor, state[PAGE].repos_listed) == (None, 3)
     assert state[PAGE].completed_at is not None
-    assert run_discovery(settings).passes == []
+    assert run_discovery(settings, store).passes == []
 
 
 def test_known_dids_are_not_queued_again_and_deleted_accounts_get_no_backfill(
-    tmp_path: Path, net: AtprotoStandIn
+    store: MirrorStore, net: AtprotoStandIn
 ) -> None:
     seen, gone, fresh = plc(1), plc(2), plc(3)
     publish(net, [seen, gone, fresh])
-    settings = settings_for(tmp_path, net.url)
+    settings = settings_for(store, net.url)
     # Seen live (its backfill since complete), and a DID whose account was deleted.
     apply_events(
-        settings.db_path,
+        store,
         [
             create(seen, "a", rev=1, t=1),
             create(gone, "b", rev=1, t=1),
             account(gone, active=False, status="deleted", t=2),
         ],
     )
-    with FileStore(settings.db_path).writing() as tx:
+    with store.writing() as tx:
         tx.con.execute("UPDATE backfills SET status = 'complete' WHERE did = ?", [seen]).fetchall()
-    assert backfills(settings) == {(seen, CARD): "complete"}
+    assert backfills(store) == {(seen, CARD): "complete"}
 
-    report = run_discovery(settings)
+    report = run_discovery(settings, store)
 
     [collection_pass] = report.passes
     assert (collection_pass.repos_listed, collection_pass.dids_queued) == (3, 1)
-    assert backfills(settings) == {(seen, CARD): "complete", (fresh, CARD): "pending"}
-    assert accounts(settings) == {seen: "active", gone: "deleted", fresh: "active"}
-    assert discovery_state(settings)[CARD].dids_queued == 1
+    assert backfills(store) == {(seen, CARD): "complete", (fresh, CARD): "pending"}
+    assert accounts(store) == {seen: "active", gone: "deleted", fresh: "active"}
+    assert discovery_state(store)[CARD].dids_queued == 1
 
 
-def test_a_pass_older_than_repass_after_is_made_anew(tmp_path: Path, net: AtprotoStandIn) -> None:
+def test_a_pass_older_than_repass_after_is_made_anew(
+    store: MirrorStore, net: AtprotoStandIn
+) -> None:
     first_dids = publish(net, [plc(n) for n in range(3)])
-    settings = settings_for(tmp_path, net.url)
-    run_discovery(settings)
+    settings = settings_for(store, net.url)
+    run_discovery(settings, store)
 
     def age_last_pass(age: timedelta) -> None:
-        with FileStore(settings.db_path).writing() as tx:
+        with store.writing() as tx:
             tx.con.execute(
                 "UPDATE discovery_state SET completed_at = ?, pass_started_at = ?",
                 [datetime.now(UTC) - age, datetime.now(UTC) - age],
             ).fetchall()
 
     age_last_pass(REPASS_AFTER - timedelta(minutes=5))
-    assert run_discovery(settings).passes == []
+    assert run_discovery(settings, store).passes == []
 
     newer = publish(net, [plc(n) for n in range(10, 12)])
     age_last_pass(REPASS_AFTER + timedelta(minutes=5))
-    report = run_discovery(settings)
+    report = run_discovery(settings, store)
 
     assert report.passes == [
         CollectionPass(
@@ -344,28 +346,28 @@ def test_a_pass_older_than_repass_after_is_made_anew(tmp_path: Path, net: Atprot
             complete=True,
         )
     ]
-    state = discovery_state(settings)[CARD]
+    state = discovery_state(store)[CARD]
     # The new pass's numbers, not added to the last pass's.
     assert (state.cursor, state.repos_listed, state.dids_queued) == (None, 5, 2)
     assert state.completed_at is not None
     assert datetime.now(UTC) - state.completed_at < timedelta(minutes=1)
-    assert backfills(settings) == {(did, CARD): "pending" for did in first_dids + newer}
+    assert backfills(store) == {(did, CARD): "pending" for did in first_dids + newer}
 
 
-def test_another_relay_starts_its_own_pass(tmp_path: Path, net: AtprotoStandIn) -> None:
+def test_another_relay_starts_its_own_pass(store: MirrorStore, net: AtprotoStandIn) -> None:
     dids = publish(net, [plc(n) for n in range(5)])
     net.list_repos_page_size(2)
     net.delay(LIST_REPOS_BY_COLLECTION, 0, times=1)
     net.fail(LIST_REPOS_BY_COLLECTION, 500, times=ATTEMPTS)
     with pytest.raises(UnavailableError):
-        run_discovery(settings_for(tmp_path, net.url))
-    assert discovery_state(settings_for(tmp_path, net.url))[CARD].cursor == dids[1]
+        run_discovery(settings_for(store, net.url), store)
+    assert discovery_state(store)[CARD].cursor == dids[1]
 
     with AtprotoStandIn() as other:
         other_dids = publish(other, [plc(n) for n in range(3, 9)])
         other_url = other.url
-        settings = settings_for(tmp_path, other_url)
-        report = run_discovery(settings)
+        settings = settings_for(store, other_url)
+        report = run_discovery(settings, store)
         # The other relay's cursor means nothing here: the pass starts at the beginning.
         assert [ask.get("cursor") for ask in relay_asks(other)] == [None]
 
@@ -380,19 +382,19 @@ def test_another_relay_starts_its_own_pass(tmp_path: Path, net: AtprotoStandIn) 
             complete=True,
         )
     ]
-    state = discovery_state(settings)[CARD]
+    state = discovery_state(store)[CARD]
     assert (state.relay, state.cursor, state.repos_listed, state.dids_queued) == (
         other_url,
         None,
         6,
         6,
     )
-    assert set(backfills(settings)) == {(did, CARD) for did in {*dids[:2], *other_dids}}
+    assert set(backfills(store)) == {(did, CARD) for did in {*dids[:2], *other_dids}}
 
     # Back to the first relay: its last word is older than the other's complete pass, so
     # the pass is made anew there too, from the beginning.
     asked_before = len(relay_asks(net))
-    back = run_discovery(settings_for(tmp_path, net.url))
+    back = run_discovery(settings_for(store, net.url), store)
     assert back.passes == [
         CollectionPass(
             CARD,
@@ -405,7 +407,7 @@ def test_another_relay_starts_its_own_pass(tmp_path: Path, net: AtprotoStandIn) 
         )
     ]
     assert [ask.get("cursor") for ask in relay_asks(net)[asked_before:]] == [None, *dids[1:4:2]]
-    assert discovery_state(settings)[CARD].relay == net.url
+    assert discovery_state(store)[CARD].relay == net.url
 
 
 # -- the discovery sensor --------------------------------------------------------------------
@@ -430,13 +432,13 @@ def assert_run_for(result: dg.RunRequest | dg.SkipReason, relay: str, collection
 
 
 def test_discovery_sensor_asks_for_collections_never_completed_on_this_relay(
-    tmp_path: Path, net: AtprotoStandIn, instance: dg.DagsterInstance
+    db: Path, net: AtprotoStandIn, instance: dg.DagsterInstance
 ) -> None:
     publish(net, [plc(0)])
-    both = settings_for(tmp_path, net.url, f"{CARD},{PAGE}")
+    both = settings_for(db, net.url, f"{CARD},{PAGE}")
     assert_run_for(evaluate(instance, both), net.url, f"{CARD},{PAGE}")
 
-    run_discovery(settings_for(tmp_path, net.url, CARD))
+    run_discovery(settings_for(db, net.url, CARD))
     assert_run_for(evaluate(instance, both), net.url, PAGE)
 
     run_discovery(both)
@@ -445,7 +447,7 @@ def test_discovery_sensor_asks_for_collections_never_completed_on_this_relay(
     assert skipped.skip_message == "every tracked collection has a complete pass on the relay"
 
     # A first pass that stopped midway is not complete: the sensor asks again.
-    with FileStore(both.db_path).writing() as tx:
+    with FileStore(db).writing() as tx:
         tx.con.execute(
             "UPDATE discovery_state SET cursor = 'did:plc:x', completed_at = NULL "
             "WHERE collection = ?",
@@ -454,10 +456,10 @@ def test_discovery_sensor_asks_for_collections_never_completed_on_this_relay(
     assert_run_for(evaluate(instance, both), net.url, PAGE)
 
     # Another relay was never asked about anything.
-    other = settings_for(tmp_path, "http://127.0.0.1:9", f"{CARD},{PAGE}")
+    other = settings_for(db, "http://127.0.0.1:9", f"{CARD},{PAGE}")
     assert_run_for(evaluate(instance, other), "http://127.0.0.1:9", f"{CARD},{PAGE}")
     # Wildcards are never asked of a relay: nothing to run for them.
-    wildcards = evaluate(instance, settings_for(tmp_path, net.url, "app.other.*"))
+    wildcards = evaluate(instance, settings_for(db, net.url, "app.other.*"))
     assert isinstance(wildcards, dg.SkipReason)
 
 
@@ -466,9 +468,9 @@ def test_discovery_sensor_asks_for_collections_never_completed_on_this_relay(
     [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING],
 )
 def test_discovery_sensor_waits_while_a_discovery_run_is_in_flight(
-    tmp_path: Path, instance: dg.DagsterInstance, status: dg.DagsterRunStatus
+    db: Path, instance: dg.DagsterInstance, status: dg.DagsterRunStatus
 ) -> None:
-    settings = settings_for(tmp_path, "http://127.0.0.1:9", CARD)
+    settings = settings_for(db, "http://127.0.0.1:9", CARD)
     run = discovery_run(instance, status)
     skipped = evaluate(instance, settings)
     assert isinstance(skipped, dg.SkipReason)
@@ -487,13 +489,13 @@ def discovery_metadata(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
 
 
 def test_the_asset_reports_what_discovery_queued(
-    tmp_path: Path, net: AtprotoStandIn, instance: dg.DagsterInstance
+    db: Path, net: AtprotoStandIn, instance: dg.DagsterInstance
 ) -> None:
     cards = publish(net, [plc(n) for n in range(5)])
     publish(net, [plc(4), plc(5)], collection=PAGE)
     publish(net, ["not-a-did"], collection=PAGE)
     net.list_repos_page_size(2)
-    settings = settings_for(tmp_path, net.url, f"{CARD},{PAGE},app.other.*")
+    settings = settings_for(db, net.url, f"{CARD},{PAGE},app.other.*")
     mirror = MirrorResource.from_settings(settings)
     # The first pass fails on its second page: the run fails, visibly.
     net.delay(LIST_REPOS_BY_COLLECTION, 0, times=1)
@@ -520,11 +522,11 @@ def test_the_asset_reports_what_discovery_queued(
         "collections": {CARD: {"repos": 3, "queued": 3}, PAGE: {"repos": 3, "queued": 2}},
         "not_discoverable": "app.other.*",
     }
-    assert set(backfills(settings)) == {
+    assert set(backfills(db)) == {
         *((did, CARD) for did in cards),
         (plc(4), PAGE),
         (plc(5), PAGE),
     }
-    state = discovery_state(settings)
+    state = discovery_state(db)
     assert (state[CARD].repos_listed, state[CARD].dids_queued) == (5, 5)
     assert (state[PAGE].repos_listed, state[PAGE].dids_queued) == (3, 2)

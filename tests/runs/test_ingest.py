@@ -1,4 +1,5 @@
-"""Whole ingest cycles: a real websockets Jetstream stand-in on 127.0.0.1, real DuckDB files."""
+"""Whole ingest cycles: a real websockets Jetstream stand-in on 127.0.0.1, and a real store:
+the cycles that leave something in it run on the file and on the lake (`store`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from mirror_assets.atproto.nsids import CollectionFilter
 from mirror_assets.config import IngestLimits, Settings
 from mirror_assets.network.jetstream import JetstreamUnavailableError
 from mirror_assets.runs.ingest import IngestReport, run_ingest
-from mirror_assets.store.file import FileStore
+from mirror_assets.store.contract import MirrorStore
+from tests.conftest import StoreMaker
 from tests.support.events_factory import (
     BASE_US,
     CARD,
@@ -34,7 +36,16 @@ from tests.support.events_factory import (
 )
 from tests.support.jetstream_server import JetstreamServer, Request
 from tests.support.ports import free_port
-from tests.support.store_helpers import Account, Snapshot, Version, snapshot, store_cursor
+from tests.support.store_helpers import (
+    Account,
+    Snapshot,
+    Version,
+    Where,
+    settings_on,
+    snapshot,
+    store_cursor,
+    store_of,
+)
 
 ALICE, BOB, CAROL = did("alice"), did("bob"), did("carol")
 BLENTO = "app.blento.card,app.blento.page"
@@ -60,7 +71,7 @@ def refused_url() -> str:
 
 
 def settings(
-    db: Path,
+    where: Where,
     *urls: str,
     collections: str = BLENTO,
     idle_seconds: float = 0.5,
@@ -70,10 +81,9 @@ def settings(
     flush_bytes: int = 128 * 1024 * 1024,
     gap_seconds: float = 300.0,
 ) -> Settings:
-    return Settings(
+    named = Settings(
         collections=CollectionFilter.parse(collections),
         jetstream_urls=urls,
-        db_path=db,
         ingest=IngestLimits(
             rewind_seconds=REWIND,
             idle_seconds=idle_seconds,
@@ -84,6 +94,7 @@ def settings(
             gap_seconds=gap_seconds,
         ),
     )
+    return settings_on(where, named)
 
 
 def serve(server: JetstreamServer, events: list[Event]) -> None:
@@ -108,7 +119,7 @@ def counts(report: IngestReport, *keys: str) -> dict[str, object]:
 # -- commits ---------------------------------------------------------------------------------
 
 
-def test_create_update_delete(server: JetstreamServer, db: Path) -> None:
+def test_create_update_delete(server: JetstreamServer, store: MirrorStore) -> None:
     a1 = create(ALICE, "a", rev=1, t=1, text="a1")
     b1 = create(ALICE, "b", rev=2, t=2)
     a2 = update(ALICE, "a", rev=3, t=3, text="a2")
@@ -116,7 +127,7 @@ def test_create_update_delete(server: JetstreamServer, db: Path) -> None:
     p1 = create(BOB, "p", rev=1, t=5, collection=PAGE)
     serve(server, [a1, b1, a2, b_gone, p1])
 
-    report = run_ingest(settings(db, server.url))
+    report = run_ingest(settings(store, server.url), store=store)
 
     summary = report.summary()
     for volatile in ("seconds", "apply_seconds", "lag_seconds", "max_lock_wait_seconds"):
@@ -146,7 +157,7 @@ def test_create_update_delete(server: JetstreamServer, db: Path) -> None:
         "refused": 0,
     }
     assert server.requests == [Request(None, ["app.blento.card", "app.blento.page"])]
-    assert snapshot(db) == Snapshot(
+    assert snapshot(store) == Snapshot(
         records=rows(a2, p1),
         tombstones=tombstones(b_gone),
         versions={
@@ -165,17 +176,17 @@ def test_create_update_delete(server: JetstreamServer, db: Path) -> None:
 
 
 def test_a_second_run_rereads_the_rewind_window_and_changes_nothing(
-    server: JetstreamServer, db: Path
+    server: JetstreamServer, store: MirrorStore
 ) -> None:
     events = [create(ALICE, f"r{n}", rev=n, t=n) for n in range(10)]
     events.append(delete(ALICE, "r0", rev=20, t=10))
     serve(server, events)
-    first = run_ingest(settings(db, server.url))
+    first = run_ingest(settings(store, server.url), store=store)
     assert first.cursor_after == at(10)
-    before = snapshot(db)
+    before = snapshot(store)
     assert before.records == rows(*events[1:10])
 
-    again = run_ingest(settings(db, server.url))
+    again = run_ingest(settings(store, server.url), store=store)
 
     assert server.requests[1].cursor == rewound(at(10))
     # t = 5 .. 10 are re-read: five creates and the delete, all stale.
@@ -183,12 +194,16 @@ def test_a_second_run_rereads_the_rewind_window_and_changes_nothing(
         again, "frames", "rows_upserted", "rows_tombstoned", "rows_stale", "new_dids"
     ) == {"frames": 6, "rows_upserted": 0, "rows_tombstoned": 0, "rows_stale": 6, "new_dids": 0}
     assert (again.cursor_before, again.cursor_after) == (at(10), at(10))
-    assert snapshot(db) == before
+    assert snapshot(store) == before
 
 
-@pytest.mark.parametrize("flush_events", [1, 1_000])
+@pytest.mark.parametrize(
+    ("store", "flush_events"),
+    [("file", 1), ("file", 1_000), pytest.param("lake", 1, marks=pytest.mark.lake)],
+    indirect=["store"],
+)
 def test_out_of_order_versions_settle_on_the_highest_rev(
-    server: JetstreamServer, db: Path, flush_events: int
+    server: JetstreamServer, store: MirrorStore, flush_events: int
 ) -> None:
     """Stream order is time order; the revs here are not, within and across batches."""
     a_new = update(ALICE, "a", rev=2, t=1, text="a2")
@@ -200,10 +215,10 @@ def test_out_of_order_versions_settle_on_the_highest_rev(
     c2 = update(BOB, "c", rev=2, t=7, text="c2")
     serve(server, [a_new, a_old, b_gone, b_old, c3, c1, c2])
 
-    report = run_ingest(settings(db, server.url, flush_events=flush_events))
+    report = run_ingest(settings(store, server.url, flush_events=flush_events), store=store)
 
     assert report.flushes == (7 if flush_events == 1 else 1)
-    state = snapshot(db)
+    state = snapshot(store)
     assert state.records == rows(a_new, c3)
     assert state.tombstones == tombstones(b_gone)
     assert report.summary()["rows_stale"] == 4
@@ -356,7 +371,7 @@ def test_an_identity_event_keeps_a_verified_handle_it_repeats_and_drops_another(
 ) -> None:
     serve(server, [create(ALICE, "a", rev=1, t=1), create(BOB, "b", rev=1, t=2)])
     run_ingest(settings(db, server.url))
-    with FileStore(db).writing() as tx:  # as a check of both identities would leave them
+    with store_of(db).writing() as tx:  # as a check of both identities would leave them
         tx.con.execute(
             "UPDATE accounts SET handle = lower(split_part(did, ':', 3)) || '.test', "
             "identity_stale = false"
@@ -368,10 +383,10 @@ def test_an_identity_event_keeps_a_verified_handle_it_repeats_and_drops_another(
     assert _identities(db) == {ALICE: (handle_of[ALICE], True), BOB: (None, True)}
 
 
-def _identities(db: Path) -> dict[str, tuple[str | None, bool]]:
+def _identities(where: Where) -> dict[str, tuple[str | None, bool]]:
     return {
         did_: (account_.handle, account_.identity_stale)
-        for did_, account_ in snapshot(db).accounts.items()
+        for did_, account_ in snapshot(where).accounts.items()
     }
 
 
@@ -444,7 +459,7 @@ def _ten_events() -> list[Event]:
     return events
 
 
-def _expect_all_ten(path: Path) -> None:
+def _expect_all_ten(path: Where) -> None:
     events = _ten_events()
     state = snapshot(path)
     assert state.records == rows(*events[2:9])
@@ -540,10 +555,10 @@ def test_events_read_before_every_endpoint_failed_are_committed(
 
 
 def test_a_quiet_stream_stops_by_the_idle_rule_and_the_next_cycle_resumes_from_its_start(
-    server: JetstreamServer, db: Path
+    server: JetstreamServer, store: MirrorStore
 ) -> None:
     before_us = time.time_ns() // 1000
-    report = run_ingest(settings(db, server.url))
+    report = run_ingest(settings(store, server.url), store=store)
     assert counts(report, "frames", "stop_reason", "flushes") == {
         "frames": 0,
         "stop_reason": "idle",
@@ -553,10 +568,10 @@ def test_a_quiet_stream_stops_by_the_idle_rule_and_the_next_cycle_resumes_from_i
     # cycle reads what happened in between instead of starting at the live edge again.
     assert report.cursor_after is not None
     assert before_us <= report.cursor_after <= time.time_ns() // 1000
-    assert snapshot(db) == Snapshot(cursor=report.cursor_after, endpoint=server.url)
-    run_ingest(settings(db, server.url))
+    assert snapshot(store) == Snapshot(cursor=report.cursor_after, endpoint=server.url)
+    run_ingest(settings(store, server.url), store=store)
     assert server.requests[1].cursor == rewound(report.cursor_after)
-    assert snapshot(db).cursor == report.cursor_after  # a quiet cycle with a cursor keeps it
+    assert snapshot(store).cursor == report.cursor_after  # a quiet cycle with a cursor keeps it
 
 
 def test_an_event_from_after_the_start_stops_the_run(server: JetstreamServer, db: Path) -> None:
@@ -574,23 +589,23 @@ def test_an_event_from_after_the_start_stops_the_run(server: JetstreamServer, db
 
 
 def test_the_event_budget_stops_the_run_and_the_next_run_goes_on(
-    server: JetstreamServer, db: Path
+    server: JetstreamServer, store: MirrorStore
 ) -> None:
     events = [create(ALICE, f"r{n}", rev=n, t=n * 10) for n in range(6)]
     serve(server, events)
 
-    report = run_ingest(settings(db, server.url, max_events=3))
+    report = run_ingest(settings(store, server.url, max_events=3), store=store)
 
     assert counts(report, "frames", "stop_reason", "cursor_after") == {
         "frames": 3,
         "stop_reason": "event_budget",
         "cursor_after": at(20),
     }
-    assert snapshot(db).records == rows(*events[:3])
+    assert snapshot(store).records == rows(*events[:3])
 
-    run_ingest(settings(db, server.url))
+    run_ingest(settings(store, server.url), store=store)
     assert server.requests[1].cursor == rewound(at(20))
-    assert snapshot(db).records == rows(*events)
+    assert snapshot(store).records == rows(*events)
 
 
 def test_the_time_budget_stops_a_stream_that_never_idles_out(
@@ -645,37 +660,46 @@ def test_wanted_collections_are_sent_and_enforced_client_side(
 
 
 def test_the_stored_cursor_minus_the_rewind_is_where_a_run_starts(
-    server: JetstreamServer, db: Path
+    server: JetstreamServer, store: MirrorStore
 ) -> None:
-    store_cursor(db, at(100))
+    store_cursor(store, at(100))
     too_old = create(ALICE, "old", rev=1, t=50)
     in_window = create(ALICE, "window", rev=2, t=97)
     new = create(ALICE, "new", rev=3, t=101)
     serve(server, [too_old, in_window, new])
 
-    report = run_ingest(settings(db, server.url))
+    report = run_ingest(settings(store, server.url), store=store)
 
     assert server.requests == [Request(rewound(at(100)), ["app.blento.card", "app.blento.page"])]
     assert (report.cursor_before, report.cursor_after) == (at(100), at(101))
-    state = snapshot(db)
+    state = snapshot(store)
     assert state.records == rows(in_window, new)
     assert state.cursor == at(101)
 
 
-@pytest.mark.parametrize(("first_t", "gap"), [(60, False), (61, True), (5000, True)])
+@pytest.mark.parametrize(
+    ("store", "first_t", "gap"),
+    [
+        ("file", 60, False),
+        ("file", 61, True),
+        ("file", 5000, True),
+        pytest.param("lake", 61, True, marks=pytest.mark.lake),
+    ],
+    indirect=["store"],
+)
 def test_a_cursor_gap_is_recorded(
-    server: JetstreamServer, db: Path, first_t: float, gap: bool
+    server: JetstreamServer, store: MirrorStore, first_t: float, gap: bool
 ) -> None:
-    store_cursor(db, at(0))
+    store_cursor(store, at(0))
     first = create(ALICE, "a", rev=1, t=first_t)
     second = create(ALICE, "b", rev=2, t=first_t + 1)
     serve(server, [first, second])
 
-    report = run_ingest(settings(db, server.url, gap_seconds=60))
+    report = run_ingest(settings(store, server.url, gap_seconds=60), store=store)
 
     assert report.summary()["cursor_gaps"] == (1 if gap else 0)
     expected = [(server.url, rewound(at(0)), at(first_t), first_t + REWIND)] if gap else []
-    state = snapshot(db)
+    state = snapshot(store)
     assert state.gaps == expected
     assert state.records == rows(first, second)
 
@@ -684,22 +708,24 @@ def test_a_cursor_gap_is_recorded(
 
 
 def test_large_records_are_written_before_a_batch_holds_too_many_bytes(
-    server: JetstreamServer, db: Path
+    server: JetstreamServer, store: MirrorStore
 ) -> None:
     """A stream of the largest records the door lets in must not pile up a batch of
     INGEST_FLUSH_EVENTS of them in memory: INGEST_FLUSH_BYTES writes it sooner."""
     big = [create(ALICE, f"big{n}", rev=n + 1, t=n, text="x" * 300_000) for n in range(6)]
     serve(server, big)
 
-    report = run_ingest(settings(db, server.url, flush_bytes=700_000))
+    report = run_ingest(settings(store, server.url, flush_bytes=700_000), store=store)
 
     # 300 kB each: the third of a batch takes it past the bound, which writes it (without the
     # bound, all six would be one batch).
     assert report.flushes == 2
-    assert snapshot(db).records == rows(*big)
+    assert snapshot(store).records == rows(*big)
 
 
-def test_small_flushes_reach_the_same_state_as_one(server: JetstreamServer, tmp_path: Path) -> None:
+def test_small_flushes_reach_the_same_state_as_one(
+    server: JetstreamServer, new_store: StoreMaker
+) -> None:
     events = [
         create(ALICE, "a", rev=1, t=1),
         create(BOB, "b", rev=1, t=2),
@@ -712,13 +738,14 @@ def test_small_flushes_reach_the_same_state_as_one(server: JetstreamServer, tmp_
     serve(server, events)
     server.add_raw("garbage between batches", time_us=at(7))
 
-    many = run_ingest(settings(tmp_path / "many.duckdb", server.url, flush_events=2))
-    one = run_ingest(settings(tmp_path / "one.duckdb", server.url, flush_events=1_000))
+    in_many, in_one = new_store(), new_store()
+    many = run_ingest(settings(in_many, server.url, flush_events=2), store=in_many)
+    one = run_ingest(settings(in_one, server.url, flush_events=1_000), store=in_one)
 
     assert (many.flushes, one.flushes) == (4, 1)
     assert sorted(many.applied.new_dids) == [ALICE, BOB]
-    state = snapshot(tmp_path / "many.duckdb")
-    assert state == snapshot(tmp_path / "one.duckdb")
+    state = snapshot(in_many)
+    assert state == snapshot(in_one)
     assert state.records == {}
     assert state.tombstones == tombstones(events[5])
     assert state.versions == {

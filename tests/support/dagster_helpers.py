@@ -16,11 +16,18 @@ from dagster._core.remote_origin import (
 )
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
+from mirror_assets.config import Settings
 from mirror_assets.defs.definitions import build_definitions
 from mirror_assets.defs.resources import IngestConfig, MirrorResource
 from mirror_assets.defs.sensors import RANGE_END, RANGE_START
 from mirror_assets.names import BACKFILL_JOB, DIDS, PARTITION_TAG, REPOSITORY
 from tests.support.events_factory import CARD
+
+
+def lake_definitions() -> dg.Definitions:
+    """The definitions of a mirror in a DuckLake (building them connects to nothing)."""
+    lake = Settings(store="ducklake:postgres:dbname=mirror", data_path="/srv/lake/")
+    return build_definitions(MirrorResource.from_settings(lake))
 
 
 def ingest_mirror(

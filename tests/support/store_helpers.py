@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mirror_assets.atproto.events import BadFrame, CursorGap, decode_frame
+from mirror_assets.config import LAKE_PREFIX, Settings
 from mirror_assets.model.apply import ApplyResult, apply_batch
 from mirror_assets.model.batch import BatchBuilder, EventBatch
 from mirror_assets.store.contract import MirrorStore
 from mirror_assets.store.file import FileStore
+from mirror_assets.store.lake import LakeStore
 from tests.support.events_factory import Event, RecordRow, TombstoneRow, latest_us
 
 ENDPOINT = "ws://jetstream.test"
@@ -24,6 +26,24 @@ Where = Path | MirrorStore
 def store_of(where: Where) -> MirrorStore:
     """The store itself, or the file store at a path."""
     return FileStore(where) if isinstance(where, Path) else where
+
+
+def settings_on(where: Where, settings: Settings) -> Settings:
+    """The settings, naming the store (what `open_store` opens from them): the file at a
+    path or of a `FileStore`, or a `LakeStore`'s lake. For the runs a test makes in another
+    process, or through Dagster, which open the store from the settings. A lake's settings
+    name a file beside its data folder, which nothing makes."""
+    store = store_of(where)
+    if isinstance(store, LakeStore):
+        lake = store.lake
+        return replace(
+            settings,
+            db_path=Path(lake.data_path).with_suffix(".duckdb"),
+            store=LAKE_PREFIX + lake.catalog,
+            data_path=lake.data_path,
+        )
+    assert isinstance(store, FileStore), store
+    return replace(settings, db_path=store.path, store="", data_path="")
 
 
 def batch_of(
@@ -48,10 +68,11 @@ def apply_events(
     endpoint: str = ENDPOINT,
     gaps: Iterable[CursorGap] = (),
 ) -> ApplyResult:
-    """Apply the events as one batch in one write transaction."""
+    """Apply the events as one batch in one write transaction, through `transact` as the
+    ingest's writes go: on the lake, a transaction that conflicted with another writer's
+    (a backfill running meanwhile) runs again."""
     batch = batch_of(events, endpoint=endpoint, gaps=gaps)
-    with store_of(path).writing() as tx:
-        return apply_batch(tx.con, batch)
+    return store_of(path).transact(lambda con: apply_batch(con, batch))[0]
 
 
 def store_cursor(path: Where, cursor_us: int, endpoint: str = ENDPOINT) -> None:
