@@ -5,8 +5,8 @@ differ in how they keep writers apart, not in what they offer (docs/scale-out.md
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -24,6 +24,20 @@ class Transaction:
 
     con: duckdb.DuckDBPyConnection
     lock_wait: LockWait
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection, lock_wait: LockWait) -> Iterator[Transaction]:
+    """One transaction on `con`: the schema made or migrated first, COMMIT at the end,
+    ROLLBACK on any error (then nothing of it is written)."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        migrate(con)
+        yield Transaction(con, lock_wait)
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
 
 
 class MirrorStore(Protocol):

@@ -15,9 +15,9 @@ from typing import TypeVar
 
 import duckdb
 
-from mirror_assets.store.contract import MirrorStore, Transaction
+from mirror_assets.store.contract import MirrorStore, Transaction, transaction
 from mirror_assets.store.lock import READER_WINDOW_SECONDS, read_lock, write_lock
-from mirror_assets.store.schema import SCHEMA_VERSION, current_version, migrate
+from mirror_assets.store.schema import SCHEMA_VERSION, current_version
 
 R = TypeVar("R")
 
@@ -54,14 +54,8 @@ class FileStore(MirrorStore):
             with write_lock(self.path, self.lock_timeout) as wait:
                 con = self._connect(read_only=False)
                 try:
-                    con.execute("BEGIN TRANSACTION")
-                    migrate(con)
-                    try:
-                        yield Transaction(con, wait)
-                    except BaseException:
-                        con.execute("ROLLBACK")
-                        raise
-                    con.execute("COMMIT")
+                    with transaction(con, wait) as tx:
+                        yield tx
                 finally:
                     con.close()
         except duckdb.Error as error:

@@ -27,9 +27,9 @@ import duckdb
 
 from mirror_assets.config import LakeLocation, S3Access
 from mirror_assets.store import extensions
-from mirror_assets.store.contract import MirrorStore, Transaction
+from mirror_assets.store.contract import MirrorStore, Transaction, transaction
 from mirror_assets.store.lock import LockWait
-from mirror_assets.store.schema import LAKE_WRITES, SCHEMA_VERSION, current_version, migrate
+from mirror_assets.store.schema import LAKE_WRITES, SCHEMA_VERSION, current_version
 
 R = TypeVar("R")
 
@@ -117,15 +117,9 @@ class LakeStore(MirrorStore):
     def writing(self) -> Iterator[Transaction]:
         con = self._cursor()
         try:
-            con.execute("BEGIN TRANSACTION")
-            try:
-                migrate(con)
+            with transaction(con, LockWait()) as tx:
                 con.execute(f"UPDATE {LAKE_WRITES} SET commits = commits + 1")
-                yield Transaction(con, LockWait())
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            con.execute("COMMIT")
+                yield tx
         finally:
             con.close()
 
