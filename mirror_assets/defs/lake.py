@@ -12,21 +12,29 @@ import duckdb
 from mirror_assets.defs.resources import MirrorResource
 from mirror_assets.names import LAKE_MAINTENANCE_JOB, WRITER_TAG
 from mirror_assets.store import maintenance
-from mirror_assets.store.choice import open_store
+from mirror_assets.store.lake import LakeStore
 
 GROUP = "lake"
 # A snapshot older than the expiry by this much means expiry is not running.
 EXPIRY_SLACK = timedelta(hours=2)
 
 
+def _lake(mirror: MirrorResource) -> LakeStore:
+    lake = mirror.settings().lake
+    assert lake is not None, "the lake's assets are only in a lake's definitions"
+    return LakeStore(lake)
+
+
 def _step(
     mirror: MirrorResource, name: str, step: Callable[[duckdb.DuckDBPyConnection], int]
 ) -> dg.MaterializeResult[None]:
     """Run one housekeeping step in a transaction; its count and the lake's footprint."""
-    store = open_store(mirror.settings())
-    done, conflict_seconds = store.transact(step)
-    with store.reading() as con:
-        after = maintenance.footprint(con, mirror.settings().lake_limits.small_file_bytes)
+    store = _lake(mirror)
+    try:
+        done, conflict_seconds = store.housekeep(step)
+        after = _footprint(mirror, store)
+    finally:
+        store.close()
     return dg.MaterializeResult(
         metadata={
             name: done,
@@ -77,9 +85,17 @@ def lake_deleted_files(mirror: MirrorResource) -> dg.MaterializeResult[None]:
     return _step(mirror, "files_deleted", maintenance.delete_unreferenced)
 
 
-def _footprint(mirror: MirrorResource) -> maintenance.LakeFootprint:
-    with open_store(mirror.settings()).reading() as con:
+def _footprint(mirror: MirrorResource, store: LakeStore) -> maintenance.LakeFootprint:
+    with store.reading() as con:
         return maintenance.footprint(con, mirror.settings().lake_limits.small_file_bytes)
+
+
+def _footprint_now(mirror: MirrorResource) -> maintenance.LakeFootprint:
+    store = _lake(mirror)
+    try:
+        return _footprint(mirror, store)
+    finally:
+        store.close()
 
 
 @dg.asset_check(
@@ -87,7 +103,7 @@ def _footprint(mirror: MirrorResource) -> maintenance.LakeFootprint:
     description="Warns when compaction leaves more small data files than LAKE_SMALL_FILES_WARN.",
 )
 def few_small_files(mirror: MirrorResource) -> dg.AssetCheckResult:
-    small, bound = _footprint(mirror).small_files, mirror.settings().lake_limits.small_files_warn
+    small, bound = _footprint_now(mirror).small_files, mirror.settings().lake_limits.small_files_warn
     return dg.AssetCheckResult(
         passed=small <= bound,
         severity=dg.AssetCheckSeverity.WARN,
@@ -100,7 +116,7 @@ def few_small_files(mirror: MirrorResource) -> dg.AssetCheckResult:
     description="Warns when a snapshot outlives LAKE_KEEP_SNAPSHOT_HOURS by two hours.",
 )
 def snapshots_expire(mirror: MirrorResource) -> dg.AssetCheckResult:
-    oldest = _footprint(mirror).oldest_snapshot_hours
+    oldest = _footprint_now(mirror).oldest_snapshot_hours
     bound = mirror.settings().lake_limits.keep_snapshot_hours + EXPIRY_SLACK.total_seconds() / 3600
     return dg.AssetCheckResult(
         passed=oldest <= bound,

@@ -19,7 +19,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -113,21 +113,36 @@ class LakeStore(MirrorStore):
         cursor.execute(f"USE {CATALOG}")
         return cursor
 
+    def writing(self) -> AbstractContextManager[Transaction]:
+        return self._transaction(takes_turn=True)
+
     @contextmanager
-    def writing(self) -> Iterator[Transaction]:
+    def _transaction(self, takes_turn: bool) -> Iterator[Transaction]:
         con = self._cursor()
         try:
             with transaction(con, LockWait()) as tx:
-                con.execute(f"UPDATE {LAKE_WRITES} SET commits = commits + 1")
+                if takes_turn:
+                    con.execute(f"UPDATE {LAKE_WRITES} SET commits = commits + 1")
                 yield tx
         finally:
             con.close()
 
     def transact(self, write: Callable[[duckdb.DuckDBPyConnection], R]) -> tuple[R, float]:
+        return self._retried(write, takes_turn=True)
+
+    def housekeep(self, step: Callable[[duckdb.DuckDBPyConnection], R]) -> tuple[R, float]:
+        """`transact` for one housekeeping call (store/maintenance.py). DuckLake runs
+        compaction only in a transaction that changes nothing else, so it does not take
+        its turn through `lake_writes`; it adds no rows, so it has no key to keep unique."""
+        return self._retried(step, takes_turn=False)
+
+    def _retried(
+        self, write: Callable[[duckdb.DuckDBPyConnection], R], takes_turn: bool
+    ) -> tuple[R, float]:
         waited, attempt = 0.0, 0
         while True:
             try:
-                with self.writing() as tx:
+                with self._transaction(takes_turn) as tx:
                     return write(tx.con), waited
             except duckdb.Error as error:
                 if not is_conflict(error):

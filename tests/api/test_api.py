@@ -126,8 +126,19 @@ def test_health(file_client: Client, path: str) -> None:
 # --- /cursor -------------------------------------------------------------------------------
 
 
+def _written(store: MirrorStore) -> object:
+    """What a writer would change: the file's existence, or the lake's snapshot and files."""
+    if isinstance(store, FileStore):
+        return store.path.exists()
+    with store.reading() as con:
+        snapshot_id = con.execute("SELECT id FROM mirror.current_snapshot()").fetchall()
+    return snapshot_id, sorted(Path(lake_of(store).data_path).rglob("*"))
+
+
 def test_every_endpoint_answers_before_the_file_exists(client: Client, store: MirrorStore) -> None:
-    """No run yet: an empty mirror answers, and the API does not create the file."""
+    """No run yet: an empty mirror answers, and the API does not create the file (nor
+    write to an empty lake)."""
+    before = _written(store)
     assert _get(client, "/cursor") == (200, {"cursor": None})
     assert _get(client, f"/records/{CARD}") == (200, {"records": []})
     assert _get(client, f"/users/{CARD}") == (200, {"users": []})
@@ -139,10 +150,8 @@ def test_every_endpoint_answers_before_the_file_exists(client: Client, store: Mi
         200,
         {"did": ALICE, "collection": CARD, "status": "unknown", "state": None},
     )
-    if isinstance(store, FileStore):
-        assert not store.path.exists(), "the API must never create or write the DuckDB file"
-    else:
-        assert not any(Path(lake_of(store).data_path).rglob("*")), "the API wrote to the lake"
+    assert _written(store) == before, "the API must never create or write the store"
+    assert before is not True, "the file was there before the test"
 
 
 def test_cursor_is_null_before_the_first_ingest(client: Client, store: MirrorStore) -> None:

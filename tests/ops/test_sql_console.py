@@ -23,7 +23,6 @@ from mirror_assets.store.lock import read_lock
 from tests.support.cli_helpers import (
     STORES,
     across_stores,
-    bare_lake,
     catalog_rows,
     db_of,
     dump,
@@ -34,6 +33,7 @@ from tests.support.cli_helpers import (
     on_both_stores,
     table_rows,
 )
+from tests.support.lakes import bare_lake
 from tests.support.postgres import PostgresServer
 
 RECORDS = "SELECT uri, did, collection, rkey, cid, record, rev, time_us FROM records ORDER BY uri"

@@ -15,9 +15,9 @@ from mirror_assets.config import LakeLocation
 from mirror_assets.model.apply import apply_batch
 from mirror_assets.store import maintenance
 from mirror_assets.store.lake import LakeStore
-from tests.conftest import new_lake
 from tests.support.api_helpers import reader_of
 from tests.support.events_factory import account, create, delete, did, update
+from tests.support.lakes import bare_lake, new_lake
 from tests.support.postgres import PostgresServer
 from tests.support.s3 import S3Server, running_s3
 from tests.support.store_helpers import batch_of, snapshot
@@ -54,7 +54,7 @@ def test_a_lake_on_s3_holds_what_a_lake_in_a_folder_holds(
     s3: S3Server, postgres: PostgresServer, tmp_path: Path
 ) -> None:
     folder = LakeStore(new_lake(postgres, tmp_path))
-    in_bucket = LakeStore(_in_bucket(new_lake(postgres, tmp_path), "first"))
+    in_bucket = LakeStore(_in_bucket(bare_lake(postgres, tmp_path), "first"))
     _write(folder)
     _write(in_bucket)
     assert snapshot(in_bucket) == snapshot(folder)
@@ -70,9 +70,9 @@ def test_a_lake_on_s3_holds_what_a_lake_in_a_folder_holds(
 
     # Housekeeping on the bucket: what no snapshot references leaves it.
     for step in (maintenance.flush_inlined, maintenance.compact):
-        in_bucket.transact(step)
-    in_bucket.transact(lambda con: maintenance.expire_snapshots(con, timedelta(0)))
-    deleted, _ = in_bucket.transact(maintenance.delete_unreferenced)
+        in_bucket.housekeep(step)
+    in_bucket.housekeep(lambda con: maintenance.expire_snapshots(con, timedelta(0)))
+    deleted, _ = in_bucket.housekeep(maintenance.delete_unreferenced)
     with in_bucket.reading() as con:
         kept = maintenance.footprint(con, small_file_bytes=1 << 20)
     listed = s3.client().list_objects_v2(Bucket=BUCKET)["KeyCount"]

@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from mirror_assets.store.file import FileStore
 from mirror_assets.store.lake import LakeStore
 from mirror_assets.store.schema import LAKE_WRITES
 from tests.support.events_factory import CARD, PAGE, create, delete, did
+from tests.support.lakes import bare_lake
 from tests.support.postgres import PostgresServer
 from tests.support.store_helpers import Where, batch_of, store_of
 
@@ -96,13 +96,6 @@ def lake_if_asked(request: pytest.FixtureRequest, *, bare: bool = False) -> Lake
         return bare_lake(request.getfixturevalue("postgres"), request.getfixturevalue("tmp_path"))
     lake: LakeLocation = request.getfixturevalue("lake")
     return lake
-
-
-def bare_lake(postgres: PostgresServer, folder: Path) -> LakeLocation:
-    """A lake nothing has made yet, where an operator starts: an empty Postgres database,
-    and a data path under `folder` with nothing there."""
-    name = "bare_" + uuid.uuid4().hex[:12]
-    return LakeLocation(f"postgres:{postgres.create_database(name)}", f"{folder / name}/")
 
 
 @dataclass(frozen=True)
