@@ -103,7 +103,8 @@ def _footprint_now(mirror: MirrorResource) -> maintenance.LakeFootprint:
     description="Warns when compaction leaves more small data files than LAKE_SMALL_FILES_WARN.",
 )
 def few_small_files(mirror: MirrorResource) -> dg.AssetCheckResult:
-    small, bound = _footprint_now(mirror).small_files, mirror.settings().lake_limits.small_files_warn
+    small = _footprint_now(mirror).small_files
+    bound = mirror.settings().lake_limits.small_files_warn
     return dg.AssetCheckResult(
         passed=small <= bound,
         severity=dg.AssetCheckSeverity.WARN,
