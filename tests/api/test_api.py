@@ -356,16 +356,14 @@ def test_backfill_unknown_without_a_row(client: Client, store: MirrorStore) -> N
 
 
 @pytest.mark.parametrize(("state", "status"), BACKFILL_STATUSES)
-def test_backfill_status_mapping(
-    client: Client, store: MirrorStore, state: str, status: str
-) -> None:
-    set_backfill(store, ALICE, CARD, state)
-    assert _get(client, f"/backfill/{CARD}/{ALICE}") == (
+def test_backfill_status_mapping(file_client: Client, db: Path, state: str, status: str) -> None:
+    set_backfill(db, ALICE, CARD, state)
+    assert _get(file_client, f"/backfill/{CARD}/{ALICE}") == (
         200,
         {"did": ALICE, "collection": CARD, "status": status, "state": state},
     )
     # Per collection: the other collection of the same DID is still unknown.
-    assert _get(client, f"/backfill/{PAGE}/{ALICE}") == (
+    assert _get(file_client, f"/backfill/{PAGE}/{ALICE}") == (
         200,
         {"did": ALICE, "collection": PAGE, "status": "unknown", "state": None},
     )
@@ -642,15 +640,15 @@ def test_cursor_of_another_endpoint(
     ],
 )
 def test_out_of_range_cursor_is_not_a_500(
-    client: Client, store: MirrorStore, settings: Settings, kind: str, position: str
+    file_client: Client, db: Path, kind: str, position: str
 ) -> None:
     """Positions at and past the ends of 64 bits, signed with the file's key as if the API
     had made them: the query still answers (an empty page or the whole), or the cursor is
     refused, never a 500."""
-    apply_events(store, [create(ALICE, "a1", rev=1, t=1)])
+    apply_events(db, [create(ALICE, "a1", rev=1, t=1)])
     payload = f"{kind} {position}".encode()
-    tag = hashlib.blake2b(payload, digest_size=TAG_BYTES, key=cursor_key(settings.db_path)).digest()
-    status, body = _get(client, f"/{kind}/{CARD}", cursor=_b64(tag + payload))
+    tag = hashlib.blake2b(payload, digest_size=TAG_BYTES, key=cursor_key(db)).digest()
+    status, body = _get(file_client, f"/{kind}/{CARD}", cursor=_b64(tag + payload))
     assert status in (200, 400), body
     assert status == 200 or body == BAD_CURSOR
 
@@ -945,8 +943,8 @@ def test_unknown_path_is_404(file_client: Client, path: str) -> None:
 
 @pytest.mark.parametrize("path", ENDPOINTS)
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
-def test_other_methods_are_405(client: Client, db: Path, path: str, method: str) -> None:
-    response = client.request(method, path, json={"x": 1})
+def test_other_methods_are_405(file_client: Client, db: Path, path: str, method: str) -> None:
+    response = file_client.request(method, path, json={"x": 1})
     assert (response.status_code, response.json()) == (405, NOT_ALLOWED)
     assert response.headers["access-control-allow-origin"] == "*"
     assert not db.exists()  # nothing was written
