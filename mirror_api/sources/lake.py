@@ -45,18 +45,24 @@ class LakeSource:
         self._instance: duckdb.DuckDBPyConnection | None = None
         self._empty: duckdb.DuckDBPyConnection | None = None
         self._opening = threading.Lock()
+        # Once the lake has the schema it keeps it (a reset drops and makes the tables in
+        # one transaction): checking it costs a dozen catalog queries, asked once.
+        self._schema_seen = False
 
     def version(self) -> int:
-        with self._reading() as read:
-            return read.version
+        """The lake's snapshot id (one catalog query): what a kept answer is checked by."""
+        lake = self._database()
+        if lake is None or not self._schema_seen:
+            with self.reading() as read:
+                return read.version
+        con = lake.cursor()
+        try:
+            return int(con.execute(_SNAPSHOT).fetchall()[0][0])
+        finally:
+            con.close()
 
     @contextmanager
     def reading(self) -> Iterator[LakeRead]:
-        with self._reading() as read:
-            yield read
-
-    @contextmanager
-    def _reading(self) -> Iterator[LakeRead]:
         # No writer has made the lake or its tables yet: an empty mirror answers, as for
         # the file before its first run.
         lake = self._database()
@@ -67,7 +73,8 @@ class LakeSource:
                 con.execute("BEGIN TRANSACTION")
                 version = int(con.execute(_SNAPSHOT).fetchall()[0][0])
                 con.execute(f"USE {CATALOG}")
-                if current_version(con) < SCHEMA_VERSION:
+                self._schema_seen = self._schema_seen or current_version(con) >= SCHEMA_VERSION
+                if not self._schema_seen:
                     con.close()
                     con, version = self._empty_mirror().cursor(), NO_SCHEMA
             yield LakeRead(con, version)
