@@ -31,6 +31,7 @@ import shutil
 import statistics
 import time
 from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 import httpx
@@ -127,6 +128,25 @@ def mirror(plc: str, dids: int, db: Path) -> tuple[int, float, dict[str, int | f
     return rows, seconds, summary
 
 
+def start_stand_in(dids: int, records: int, latency_ms: float) -> tuple[BaseProcess, str, str]:
+    """The PLC and PDS stand-in in a child process: the process, the PLC's URL and the
+    PDS's; says what it holds and how long it took to build."""
+    receive, send = mp.get_context("spawn").Pipe(duplex=False)
+    server = mp.get_context("spawn").Process(
+        target=serve, args=(dids, records, latency_ms / 1000, send), daemon=True
+    )
+    built = time.perf_counter()
+    server.start()
+    plc, url = receive.recv()
+    print(
+        f"PDS stand-in: {dids} DIDs x {records} records, built in "
+        f"{time.perf_counter() - built:.1f} s, per-host limit {BackfillLimits().per_host} "
+        f"(per writer process), latency {latency_ms:g} ms",
+        flush=True,
+    )
+    return server, plc, url
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dids", type=int, default=200)
@@ -140,18 +160,7 @@ def main() -> None:
     expected = args.dids * args.records
     per_host = BackfillLimits().per_host
 
-    receive, send = mp.get_context("spawn").Pipe(duplex=False)
-    server = mp.get_context("spawn").Process(
-        target=serve, args=(args.dids, args.records, args.latency_ms / 1000, send), daemon=True
-    )
-    built = time.perf_counter()
-    server.start()
-    plc, url = receive.recv()
-    print(
-        f"PDS stand-in: {args.dids} DIDs x {args.records} records, built in "
-        f"{time.perf_counter() - built:.1f} s, per-host limit {per_host}, "
-        f"latency {args.latency_ms:g} ms"
-    )
+    server, plc, url = start_stand_in(args.dids, args.records, args.latency_ms)
     bare_rates, mirror_rates = [], []
     try:
         for round_ in range(args.repeat):

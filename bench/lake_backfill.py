@@ -20,7 +20,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from bench.backfill import COLLECTION, serve
+from bench.backfill import COLLECTION, start_stand_in
 from bench.lake_common import Steps, counted_conflicts, new_lake, timed_transact
 from mirror_assets.atproto.nsids import CollectionFilter
 from mirror_assets.config import LAKE_PREFIX, BackfillLimits, LakeLocation, Settings
@@ -199,19 +199,7 @@ def print_layout(result: dict[str, Any], expected: int) -> None:
 
 def run(args: argparse.Namespace, server: PostgresServer) -> None:
     expected = args.dids * args.records
-    receive, send = mp.get_context("spawn").Pipe(duplex=False)
-    stand_in = mp.get_context("spawn").Process(
-        target=serve, args=(args.dids, args.records, args.latency_ms / 1000, send), daemon=True
-    )
-    built = time.perf_counter()
-    stand_in.start()
-    plc, _ = receive.recv()
-    print(
-        f"PDS stand-in: {args.dids} DIDs x {args.records} records, built in "
-        f"{time.perf_counter() - built:.1f} s; latency {args.latency_ms:g} ms; per-host limit "
-        f"{BackfillLimits().per_host} per writer process",
-        flush=True,
-    )
+    stand_in, plc, _ = start_stand_in(args.dids, args.records, args.latency_ms)
     dids = [numbered_did(d) for d in range(args.dids)]
     results: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
     try:
