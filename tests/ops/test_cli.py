@@ -267,6 +267,8 @@ def test_backfill_refuses_what_it_cannot_do(project: Path, args: list[str], mess
         ("SQL_TIMEOUT_SECONDS", "-5", "must be greater than zero"),
         ("MIRROR_STORE", "postgres:dbname=mirror", "must be `file` or `ducklake:<catalog>`"),
         ("MIRROR_STORE", "ducklake:postgres:dbname=mirror", "set MIRROR_DATA_PATH"),
+        ("API_CURSOR_KEY", "short", "API_CURSOR_KEY has 5 characters"),
+        ("LAKE_SMALL_FILES_WARN", "none", "is not a number"),
     ],
 )
 def test_bad_configuration_is_a_clear_error(
