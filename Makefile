@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # The lake store's extensions exist for one DuckDB release: its tests run in a second
-# environment with the `lake` extra (docs/scale-out.md).
+# environment with the `lake` extra, and Dagster's Postgres storage for the cluster's
+# (docs/scale-out.md).
 LAKE_VENV := .venv-lake
 LAKE_STAMP := $(LAKE_VENV)/.installed
 
@@ -19,7 +20,7 @@ $(STAMP): pyproject.toml
 $(LAKE_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(LAKE_VENV)
 	$(LAKE_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(LAKE_VENV)/bin/python -m pip install --quiet -e ".[dev,lake]"
+	$(LAKE_VENV)/bin/python -m pip install --quiet -e ".[dev,lake,cluster]"
 	touch $(LAKE_STAMP)
 
 install: $(STAMP)

@@ -217,10 +217,16 @@ class IngestLimits(_Limits):
     }
 
 
+FILE_BACKFILL_RUNS = 2  # backfill runs at once on the file store; dagster.yaml agrees
+
+
 class BackfillLimits(_Limits):
     """How backfills press PDSes and how much one run takes on (docs/backfill.md)."""
 
-    per_host: int = 4  # requests in flight per PDS host
+    # Requests in flight per PDS host, across the backfill runs at once: each run takes its
+    # share, so adding runs or machines never presses a PDS harder.
+    per_host: int = 8
+    runs: int = 2  # backfill runs at once; more than FILE_BACKFILL_RUNS only on the lake
     http_timeout_seconds: float = 15.0
     http_attempts: int = 5  # per request, with exponential backoff and jitter between them
     http_backoff_seconds: float = 0.5  # the first retry's ceiling; doubles per attempt
@@ -230,8 +236,13 @@ class BackfillLimits(_Limits):
     retry_seconds: float = 600.0  # a failed backfill waits this, doubling per failure, <= 1 day
     identity_ttl_seconds: float = 86_400.0  # how long a DID's resolved PDS is trusted
 
+    @property
+    def per_host_per_run(self) -> int:
+        return self.per_host // self.runs
+
     VARIABLES: ClassVar[dict[str, str]] = {
         "per_host": "BACKFILL_PER_HOST",
+        "runs": "BACKFILL_RUNS",
         "http_timeout_seconds": "BACKFILL_HTTP_TIMEOUT_SECONDS",
         "http_attempts": "BACKFILL_HTTP_ATTEMPTS",
         "http_backoff_seconds": "BACKFILL_HTTP_BACKOFF_SECONDS",
@@ -326,6 +337,22 @@ class Settings:
     checks: CheckLimits = field(default_factory=CheckLimits)
     history: HistoryLimits = field(default_factory=HistoryLimits)
     lake_limits: LakeLimits = field(default_factory=LakeLimits)
+
+    def __post_init__(self) -> None:
+        runs, per_host = self.backfill.runs, self.backfill.per_host
+        if runs < 1:
+            raise ConfigError(f"BACKFILL_RUNS={runs} must be at least 1")
+        if self.lake is None and runs > FILE_BACKFILL_RUNS:
+            raise ConfigError(
+                f"BACKFILL_RUNS={runs}: the file store takes one writer at a time, so more "
+                f"than {FILE_BACKFILL_RUNS} backfill runs only wait for it; more writers need "
+                "the lake (MIRROR_STORE=ducklake:..., docs/scale-out.md)"
+            )
+        if per_host < runs:
+            raise ConfigError(
+                f"BACKFILL_PER_HOST={per_host} is below BACKFILL_RUNS={runs}: each run needs "
+                "at least one request per host; raise BACKFILL_PER_HOST or lower BACKFILL_RUNS"
+            )
 
     @property
     def lake(self) -> LakeLocation | None:

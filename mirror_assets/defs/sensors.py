@@ -29,7 +29,6 @@ from mirror_assets.store.choice import open_store
 
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
-MAX_BACKFILL_RUNS = 2  # in flight at once; dagster.yaml's tag limit agrees
 MAX_KEYS_PER_REQUEST = 10_000  # Dagster adds dynamic partitions in batches of at most this
 
 
@@ -53,7 +52,7 @@ def backfill_sensor(
     keys = [*known, *new]  # the partitions' order once the new ones are added
     runs = in_flight(context.instance, BACKFILL_JOB)
     busy = busy_keys((run.tags for run in runs), keys)
-    slots = MAX_BACKFILL_RUNS - len(runs)
+    slots = settings.backfill.runs - len(runs)  # BACKFILL_RUNS, across every machine
     ranges = plan_ranges(keys, set(due) - busy, busy, settings.backfill.dids_per_run, slots)
     if not new and not ranges:
         return dg.SkipReason(

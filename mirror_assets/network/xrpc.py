@@ -51,7 +51,7 @@ class Politeness:
     @classmethod
     def from_limits(cls, limits: BackfillLimits) -> Politeness:
         return cls(
-            per_host=limits.per_host,
+            per_host=limits.per_host_per_run,
             timeout_seconds=limits.http_timeout_seconds,
             attempts=limits.http_attempts,
             backoff_seconds=limits.http_backoff_seconds,

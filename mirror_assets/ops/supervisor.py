@@ -8,6 +8,7 @@ services (docs/deploy.md).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -40,7 +41,11 @@ class _Child:
     restarts: deque[float] = field(default_factory=deque)
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.command, env=self.env, cwd=self.cwd)
+        # A session of its own: if it is slow to stop, its whole group is killed, so none of
+        # its children (`dagster dev` starts a webserver and a daemon) is left serving.
+        self.process = subprocess.Popen(
+            self.command, env=self.env, cwd=self.cwd, start_new_session=True
+        )
 
     def exited(self) -> int | None:
         return None if self.process is None else self.process.poll()
@@ -116,14 +121,18 @@ def _keep_running(children: list[_Child]) -> int:
 
 
 def _stop(children: list[_Child]) -> None:
+    """Ctrl-C to each child; whatever of a child's group is left at the deadline is killed."""
     running = [c.process for c in children if c.process is not None and c.process.poll() is None]
     for process in running:
         process.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
     for process in running:
         try:
-            process.wait(timeout=STOP_TIMEOUT_SECONDS)
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -9,10 +9,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from mirror_assets.config import FILE_BACKFILL_RUNS
 from mirror_assets.defs.ingest import records
 from mirror_assets.defs.resources import MirrorResource
 from mirror_assets.defs.schedules import ingest_every_minute
-from mirror_assets.defs.sensors import MAX_BACKFILL_RUNS
 from mirror_assets.store.file import FileStore
 from tests.support.dagster_helpers import add_run, ingest_mirror, metadata_of
 from tests.support.events_factory import at, create, delete, did, identity
@@ -116,7 +116,7 @@ def test_dagster_yaml_limits_writer_runs_as_the_sensor_does(tmp_path: Path) -> N
     with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
         limits = instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
     assert {"key": "mirror/writer", "value": "ingest", "limit": 1} in limits
-    assert {"key": "mirror/writer", "value": "backfill", "limit": MAX_BACKFILL_RUNS} in limits
+    assert {"key": "mirror/writer", "value": "backfill", "limit": FILE_BACKFILL_RUNS} in limits
     assert {"key": "mirror/writer", "value": "discovery", "limit": 1} in limits
     assert {"key": "mirror/writer", "value": "identities", "limit": 1} in limits
     assert {"key": "mirror/writer", "value": "recluster", "limit": 1} in limits

@@ -21,7 +21,6 @@ from mirror_assets.config import BackfillLimits, Settings
 from mirror_assets.defs.definitions import build_definitions
 from mirror_assets.defs.resources import MirrorResource
 from mirror_assets.defs.sensors import (
-    MAX_BACKFILL_RUNS,
     RANGE_END,
     RANGE_START,
     backfill_sensor,
@@ -275,7 +274,7 @@ def test_sensor_adds_partitions_and_launches_ranges_around_runs_in_flight(
         net.create_records(did, CARD, 2)
     mirror = mirror_for(tmp_path, net.url, dids_per_run=10)
     queue_dids(mirror, dids)
-    assert MAX_BACKFILL_RUNS == 2
+    assert mirror.settings().backfill.runs == 2  # BACKFILL_RUNS' default
 
     first = evaluate(instance, mirror)
     assert added(first) == [dids]

@@ -269,6 +269,8 @@ def test_backfill_refuses_what_it_cannot_do(project: Path, args: list[str], mess
         ("MIRROR_STORE", "ducklake:postgres:dbname=mirror", "set MIRROR_DATA_PATH"),
         ("API_CURSOR_KEY", "short", "API_CURSOR_KEY has 5 characters"),
         ("LAKE_SMALL_FILES_WARN", "none", "is not a number"),
+        ("BACKFILL_RUNS", "3", "the file store takes one writer at a time"),
+        ("BACKFILL_PER_HOST", "1", "BACKFILL_PER_HOST=1 is below BACKFILL_RUNS=2"),
     ],
 )
 def test_bad_configuration_is_a_clear_error(

@@ -1121,7 +1121,10 @@ def test_a_hidden_account_is_backfilled_hidden(net: AtprotoStandIn, store: Mirro
 # -- 10. politeness --------------------------------------------------------------------------
 
 
-def test_many_dids_share_the_per_host_limit(net: AtprotoStandIn, db: Path) -> None:
+def test_many_dids_share_the_runs_share_of_the_per_host_limit(
+    net: AtprotoStandIn, db: Path
+) -> None:
+    """BACKFILL_PER_HOST holds across the BACKFILL_RUNS at once: one run takes its share."""
     dids = [plc(f"many{chr(ord('a') + i)}") for i in range(20)]
     for i, d in enumerate(dids):
         net.add_account(d)
@@ -1129,7 +1132,7 @@ def test_many_dids_share_the_per_host_limit(net: AtprotoStandIn, db: Path) -> No
     queue_backfills(db, *((d, CARD) for d in dids))
     net.delay(LIST_RECORDS, 0.02, times=40)
 
-    report = run_backfill(settings_for(db, net, per_host=2), dids)
+    report = run_backfill(settings_for(db, net, per_host=4, runs=2), dids)
 
     assert net.max_in_flight == 2
     assert report.completed == 20 and sorted(report.done_dids) == sorted(dids)

@@ -735,9 +735,9 @@ def test_two_backfills_and_an_ingest_write_one_lake_and_two_apis_serve_it(
         problems = [
             *differences("records", got.records, want.records),
             *differences("tombstones", got.tombstones, want.tombstones),
-            *differences("hidden", dict.fromkeys(_hidden(got)), dict.fromkeys(want.hidden)),
+            *differences("hidden", dict.fromkeys(hidden_uris(got)), dict.fromkeys(want.hidden)),
             *differences("backfills", got.backfills, scenario.backfills),
-            *differences("account statuses", _statuses(got), scenario.statuses),
+            *differences("account statuses", statuses_of(got), scenario.statuses),
         ]
         assert not problems, "\n".join(problems)
         assert got.cursor == scenario.cursor_us, (got.cursor, scenario.cursor_us)
@@ -752,7 +752,7 @@ def test_two_backfills_and_an_ingest_write_one_lake_and_two_apis_serve_it(
                 assert items == expected, (
                     f"{name}: /records/{collection} walked in {pages} pages differs: "
                     f"{len(items)} items against {len(expected)}; "
-                    f"{differences('items', _by_uri(items), _by_uri(expected))}"
+                    f"{differences('items', by_uri(items), by_uri(expected))}"
                 )
             # A cursor made by one API, asked of the other: the same next page.
             first = get_json(apis[0], f"/records/{collection}", {"limit": limit})
@@ -770,15 +770,15 @@ def test_two_backfills_and_an_ingest_write_one_lake_and_two_apis_serve_it(
         assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
 
 
-def _hidden(snap: Snapshot) -> set[str]:
+def hidden_uris(snap: Snapshot) -> set[str]:
     return {uri for uri, version in snap.versions.items() if version.hidden}
 
 
-def _statuses(snap: Snapshot) -> dict[str, str]:
+def statuses_of(snap: Snapshot) -> dict[str, str]:
     return {d: a.status for d, a in snap.accounts.items()}
 
 
-def _by_uri(items: list[dict[str, Any]]) -> dict[str, Any]:
+def by_uri(items: list[dict[str, Any]]) -> dict[str, Any]:
     return {item["uri"]: item for item in items}
 
 
