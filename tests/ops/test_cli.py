@@ -282,13 +282,15 @@ def test_bad_configuration_is_a_clear_error(
     assert "Traceback" not in result.stderr
 
 
-def test_run_serves_and_backfills_without_any_manual_step_and_ctrl_c_stops(
-    project: Path,
+def test_run_serves_backfills_keeps_its_children_up_and_sigterm_stops_everything(
+    project: Path, tmp_path: Path
 ) -> None:
     """`mirror run` against stand-ins: the API and the UI answer; discovery finds a user the
     stream never showed, ingest sees another, and the sensors backfill both from their PDS;
     then `?did=` on the API has Dagster backfill a third user nothing else would find (a
-    wildcard collection is not discoverable), once for many concurrent callers."""
+    wildcard collection is not discoverable), once for many concurrent callers. A killed API
+    is started again. A service manager stops it all with SIGTERM (handled as Ctrl-C):
+    nothing may be left serving."""
     api_port, dagster_port = free_port(), free_port()
     seen_live, discovered, asked = did("l" * 24), did("d" * 24), did("q" * 24)
     with AtprotoStandIn() as net, JetstreamServer() as stream:
@@ -314,9 +316,11 @@ def test_run_serves_and_backfills_without_any_manual_step_and_ctrl_c_stops(
             "MIRROR_ALLOW_PRIVATE_NETWORK": "1",
             "COLLECTIONS": f"{CARD},{PAGE},app.other.*",
         }
-        process = subprocess.Popen(
-            [MIRROR, "run"], cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
+        output = tmp_path / "run.log"
+        with output.open("wb") as log:
+            process = subprocess.Popen(
+                [MIRROR, "run"], cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
         try:
             api = _wait_for(f"http://127.0.0.1:{api_port}/health")
             assert api.json() == {"status": "ok"}
@@ -338,14 +342,22 @@ def test_run_serves_and_backfills_without_any_manual_step_and_ctrl_c_stops(
                     "state": "complete",
                 }
                 assert records == 120
-            process.send_signal(signal.SIGINT)
+
+            [api] = _children_of(process.pid, "mirror_assets.ops.cli api")
+            os.kill(api, signal.SIGKILL)
+            _wait_for(f"http://127.0.0.1:{api_port}/health")  # started again
+            [again] = _children_of(process.pid, "mirror_assets.ops.cli api")
+            assert again != api
+            assert "api exited with -9; starting it again" in output.read_text()
+            process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=60) is not None
         finally:
             if process.poll() is None:
                 process.kill()
             process.wait()
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(f"http://127.0.0.1:{api_port}/health", timeout=2)
+    for port in (api_port, dagster_port):
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
     with dg.DagsterInstance.from_config(str(project / ".dagster")) as instance:
         done = instance.get_materialized_partitions(dg.AssetKey("did_backfill"))
         asked_runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/partition": asked}))
@@ -390,45 +402,6 @@ def _wait_for(url: str, timeout: float = 90.0) -> httpx.Response:
         if time.monotonic() > deadline:
             raise AssertionError(f"{url} did not answer within {timeout} s")
         time.sleep(0.5)
-
-
-def test_run_starts_a_child_that_dies_again_and_sigterm_stops_everything(
-    project: Path, tmp_path: Path
-) -> None:
-    """`mirror run` keeps its children up: a killed API is started again. A service manager
-    stops it with SIGTERM: nothing may be left serving."""
-    api_port, dagster_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "MIRROR_DB": str(project / "data" / "mirror.duckdb"),
-        "API_PORT": str(api_port),
-        "DAGSTER_PORT": str(dagster_port),
-        "JETSTREAM_URLS": "ws://127.0.0.1:9",
-        "RELAY_URL": "http://127.0.0.1:9",
-    }
-    output = tmp_path / "run.log"
-    with output.open("wb") as log:
-        process = subprocess.Popen(
-            [MIRROR, "run"], cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-    try:
-        _wait_for(f"http://127.0.0.1:{api_port}/health")
-        _wait_for(f"http://127.0.0.1:{dagster_port}/server_info")
-        [api] = _children_of(process.pid, "mirror_assets.ops.cli api")
-        os.kill(api, signal.SIGKILL)
-        _wait_for(f"http://127.0.0.1:{api_port}/health")  # started again
-        [again] = _children_of(process.pid, "mirror_assets.ops.cli api")
-        assert again != api
-        assert "api exited with -9; starting it again" in output.read_text()
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-    for port in (api_port, dagster_port):
-        with pytest.raises(httpx.ConnectError):
-            httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
 
 
 def _children_of(pid: int, command: str) -> list[int]:

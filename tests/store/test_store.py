@@ -60,6 +60,11 @@ def apply_in_orders(
     """
     rng = random.Random(20240830)
     result: Snapshot | None = None
+    first = new_store()
+    if not isinstance(first, FileStore):
+        # The lake runs the same SQL: three orders (as given, reversed one by one, a shuffle)
+        # check its transactions; the file's six check the rules.
+        trials = min(trials, 3)
     for trial in range(trials):
         order = list(events)
         if trial == 1:
@@ -73,7 +78,7 @@ def apply_in_orders(
         else:
             cuts = sorted(rng.sample(range(1, len(order)), min(rng.randint(1, 3), len(order) - 1)))
             chunks = [order[a:b] for a, b in zip([0, *cuts], [*cuts, len(order)], strict=True)]
-        path = new_store()
+        path = first if trial == 0 else new_store()
         if seed:
             apply_events(path, seed)
         for chunk in chunks:
