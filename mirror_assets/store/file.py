@@ -52,6 +52,8 @@ class FileStore(MirrorStore):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             with write_lock(self.path, self.lock_timeout) as wait:
+                if not self.path.exists():
+                    self._create()
                 con = self._connect(read_only=False)
                 try:
                     with transaction(con, wait) as tx:
@@ -86,6 +88,14 @@ class FileStore(MirrorStore):
         self.init()
         with self._read_only() as con:
             yield con
+
+    def _create(self) -> None:
+        """A new, empty DuckDB file, made beside its place and moved in whole: a process killed
+        while DuckDB writes a new file's headers leaves no file that cannot be opened."""
+        new = self.path.with_name(self.path.name + ".new")
+        new.unlink(missing_ok=True)
+        duckdb.connect(str(new)).close()
+        new.replace(self.path)
 
     @contextmanager
     def _read_only(self) -> Iterator[duckdb.DuckDBPyConnection]:

@@ -151,7 +151,7 @@ class LakeStore(MirrorStore):
                     raise ConflictError(
                         f"{self.name}: a transaction conflicted with other writers "
                         f"{attempt + 1} times in {waited:.1f} s and was given up; nothing of it "
-                        "was written. Fewer writers at once (BACKFILL_MAX_CONCURRENT_RUNS) "
+                        "was written. Fewer writers at once (BACKFILL_RUNS) "
                         "make this rarer"
                     ) from error
             pause = random.uniform(0.5, 1.0) * min(

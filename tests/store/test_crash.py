@@ -541,3 +541,20 @@ def test_restart_between_a_new_accounts_handle_and_first_commit_changes_nothing(
         children.append(IngestProcess(reference, server.url, tmp_path, "reference"))
         children[-1].finish()
     assert handles(restarted) == handles(reference)
+
+
+def test_a_file_cut_short_while_being_made_is_made_again(tmp_path: Path) -> None:
+    """A process killed while DuckDB writes a new file's headers leaves only the file beside
+    it (`.new`), never a mirror file that cannot be opened: the next writer makes it anew."""
+    db = tmp_path / "mirror.duckdb"
+    cut_short = db.with_name(db.name + ".new")
+    cut_short.write_bytes(b"DUCK" + bytes(100))  # the first bytes of a header, then nothing
+    with pytest.raises(duckdb.Error):
+        duckdb.connect(str(cut_short)).close()
+
+    store = FileStore(db)
+    store.init()
+
+    assert not cut_short.exists()
+    with store.reading() as con:
+        assert current_version(con) > 0
