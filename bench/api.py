@@ -64,8 +64,11 @@ FROM (
     SELECT did, collection, rkey, time_us,
         'at://' || did || '/' || collection || '/' || rkey AS uri
     FROM (
-        SELECT 'did:plc:' || lpad(floor($users * pow(random(), 3))::BIGINT::VARCHAR, 24, 'a')
-                AS did,
+        -- did:plc identifiers are base32 (a-z, 2-7): the digits 0, 1, 8 and 9 become w-z,
+        -- or the door refuses `?did=` with a 400.
+        SELECT 'did:plc:' || translate(
+                lpad(floor($users * pow(random(), 3))::BIGINT::VARCHAR, 24, 'a'), '0189', 'wxyz'
+            ) AS did,
             CASE WHEN random() < 0.9 THEN 'app.blento.card' ELSE 'app.blento.page' END
                 AS collection,
             'r' || ($offset + i)::VARCHAR AS rkey,

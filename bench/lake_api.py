@@ -33,7 +33,7 @@ from typing import Any
 
 import duckdb
 
-from bench.api import _ROWS as FILE_ROWS
+from bench.api import _ROWS as ROWS
 from bench.api import CARD, PAGE, RECORD, SPAN_US, START_US, USERS, Load, free_port, wait_until_up
 from bench.api import _latency as wrk_latency
 from bench.api import _match as wrk_match
@@ -63,11 +63,6 @@ CURSOR_KEY = "bench-lake-api-cursor-key-" + "0123456789abcdef" * 2
 COLUMNS = (
     "uri, uri_hash, did, collection, rkey, cid, record, rev, time_us, deleted, hidden, indexed_at"
 )
-# bench/api.py's rows, but with DIDs the door accepts: did:plc identifiers are base32
-# (a-z, 2-7), and bench/api.py's decimal digits 0, 1, 8 and 9 make `?did=` a 400.
-_DID = "lpad(floor($users * pow(random(), 3))::BIGINT::VARCHAR, 24, 'a')"
-assert _DID in FILE_ROWS
-_ROWS = FILE_ROWS.replace(_DID, f"translate({_DID}, '0189', 'wxyz')")
 TARGET_PAGE_MS = 20.0
 TARGET_DID_MS = 50.0
 TARGET_REPLICAS = 1.8
@@ -107,7 +102,7 @@ def build(lake: BenchLake, records: int, chunk: int, per_transaction: int) -> No
             for offset in group:
                 t0 = time.perf_counter()
                 count = min(chunk, records - offset)
-                table = generator.execute(_ROWS, _params(offset, count, records)).to_arrow_table()
+                table = generator.execute(ROWS, _params(offset, count, records)).to_arrow_table()
                 t1 = time.perf_counter()
                 table = table.rename_columns([name.strip() for name in COLUMNS.split(",")])
                 con.register("bench_chunk", table)
@@ -169,7 +164,7 @@ def write_loop(
             started = time.perf_counter()
             store.transact(
                 lambda con, offset=offset: con.execute(
-                    f"INSERT INTO record_versions ({COLUMNS}) {_ROWS}",
+                    f"INSERT INTO record_versions ({COLUMNS}) {ROWS}",
                     {**_params(offset, 1000, 1), "start": START_US + SPAN_US, "step": 1, "span": 1},
                 )
             )
