@@ -10,10 +10,10 @@ LAKE_VENV := .venv-lake
 LAKE_STAMP := $(LAKE_VENV)/.installed
 
 # `make test` runs the suite (DuckDB 2.x) and, beside it, the lake's own tests (DuckDB 1.5.5):
-# the store's behaviour on a lake, writers at once, S3, housekeeping, migration, two
-# machines. `make test-all` (CI) adds the other behaviour suites run again on a lake.
-LAKE_OWN := tests/store tests/cluster tests/defs/test_lake_maintenance.py \
-	tests/ops/test_migrate.py tests/api/test_reader.py
+# writers at once on a lake, S3, housekeeping, migration, two machines, the API's reader.
+# `make test-all` (CI) adds the behaviour suites run again on a lake.
+LAKE_OWN := tests/store/test_lake_concurrency.py tests/store/test_lake_s3.py tests/cluster \
+	tests/defs/test_lake_maintenance.py tests/ops/test_migrate.py tests/api/test_reader.py
 LAKE_LOG := .pytest-lake.log
 
 .PHONY: install install-lake postgres run test test-all lint bench clean
@@ -49,11 +49,11 @@ lint: install
 	$(BIN)/mypy mirror_assets mirror_api
 	$(BIN)/lint-imports
 
-# The two environments' runs at once (the lake's mostly waits on its processes); the lake's
-# report follows the suite's.
+# The two environments' runs at once, the lake's in one process (its tests mostly wait on
+# processes of their own); the lake's report follows the suite's.
 test: lint install-lake postgres
-	@$(LAKE_VENV)/bin/pytest -n 2 -m lake $(LAKE_OWN) >$(LAKE_LOG) 2>&1 & lake=$$!; \
-	$(BIN)/pytest -n 3 -m "not lake"; suite=$$?; \
+	@$(LAKE_VENV)/bin/pytest -m lake $(LAKE_OWN) >$(LAKE_LOG) 2>&1 & lake=$$!; \
+	$(BIN)/pytest -n 4 -m "not lake"; suite=$$?; \
 	wait $$lake; own=$$?; echo "--- the lake's own tests ($(LAKE_VENV)):"; cat $(LAKE_LOG); \
 	test $$suite -eq 0 && test $$own -eq 0
 

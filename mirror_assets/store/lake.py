@@ -7,10 +7,12 @@ deleted from it, or one deleted while the other inserted) cannot both commit, an
 second fails with a conflict. Two that only inserted do both commit, even rows of the same
 key: the mirror's writes add an account, a backfill or a record only if it is not there
 yet, so every write transaction also updates the one row of `lake_writes`, and any two
-that overlap conflict. `LakeStore.transact` then runs the later one again from the start,
-on the snapshot the first committed, after a short random wait that doubles each time, a
-bounded number of times. Writers work in parallel outside their transactions (the network,
-decoding, building batches) and commit one after another (docs/scale-out.md).
+that overlap conflict. So writers take turns (store/turns.py: an advisory lock in the
+catalog, granted in the order asked, on every machine), and a conflict is left only to a
+writer outside the mirror: `LakeStore.transact` then runs the later one again from the
+start, on the snapshot the first committed, after a short random wait that doubles each
+time, a bounded number of times. Writers work in parallel outside their transactions (the
+network, decoding, building batches) and commit one after another (docs/scale-out.md).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from mirror_assets.store import extensions
 from mirror_assets.store.contract import MirrorStore, Transaction, transaction
 from mirror_assets.store.lock import LockWait
 from mirror_assets.store.schema import LAKE_WRITES, SCHEMA_VERSION, current_version
+from mirror_assets.store.turns import WriterTurns
 
 R = TypeVar("R")
 
@@ -94,6 +97,7 @@ class LakeStore(MirrorStore):
         self.lake = lake
         self._database: duckdb.DuckDBPyConnection | None = None
         self._opening = threading.Lock()
+        self._turns = WriterTurns(lake.catalog)
 
     @property
     def name(self) -> str:
@@ -114,36 +118,37 @@ class LakeStore(MirrorStore):
         return cursor
 
     def writing(self) -> AbstractContextManager[Transaction]:
-        return self._transaction(takes_turn=True)
+        return self._transaction(counts=True)
 
     @contextmanager
-    def _transaction(self, takes_turn: bool) -> Iterator[Transaction]:
+    def _transaction(self, counts: bool) -> Iterator[Transaction]:
         con = self._cursor()
         try:
-            with transaction(con, LockWait()) as tx:
-                if takes_turn:
+            with self._turns.turn() as waited, transaction(con, LockWait(waited)) as tx:
+                if counts:
                     con.execute(f"UPDATE {LAKE_WRITES} SET commits = commits + 1")
                 yield tx
         finally:
             con.close()
 
     def transact(self, write: Callable[[duckdb.DuckDBPyConnection], R]) -> tuple[R, float]:
-        return self._retried(write, takes_turn=True)
+        return self._retried(write, counts=True)
 
     def housekeep(self, step: Callable[[duckdb.DuckDBPyConnection], R]) -> tuple[R, float]:
         """`transact` for one housekeeping call (store/maintenance.py). DuckLake runs
-        compaction only in a transaction that changes nothing else, so it does not take
-        its turn through `lake_writes`; it adds no rows, so it has no key to keep unique."""
-        return self._retried(step, takes_turn=False)
+        compaction only in a transaction that changes nothing else, so it does not count
+        itself in `lake_writes`; it adds no rows, so it has no key to keep unique. It takes
+        its turn like any writer: a long compaction would otherwise lose every race."""
+        return self._retried(step, counts=False)
 
     def _retried(
-        self, write: Callable[[duckdb.DuckDBPyConnection], R], takes_turn: bool
+        self, write: Callable[[duckdb.DuckDBPyConnection], R], counts: bool
     ) -> tuple[R, float]:
         waited, attempt = 0.0, 0
         while True:
             try:
-                with self._transaction(takes_turn) as tx:
-                    return write(tx.con), waited
+                with self._transaction(counts) as tx:
+                    return write(tx.con), waited + tx.lock_wait.seconds
             except duckdb.Error as error:
                 if not is_conflict(error):
                     raise
@@ -172,6 +177,7 @@ class LakeStore(MirrorStore):
             con.close()
 
     def close(self) -> None:
+        self._turns.close()
         with self._opening:
             if self._database is not None:
                 self._database.close()

@@ -32,10 +32,11 @@ SECONDS = 20.0
 # The writer commits one small transaction, then leaves the file free for
 # READER_WINDOW_SECONDS; a cycle (wait, open the file, apply, commit, close, window) takes
 # about 80 ms here, so an unhindered writer makes about 12 a second (measured: ~240 in
-# 20 s). Four a second leaves a factor of three for a slower machine, and still fails a
-# writer that readers crowd out: with readers skipping the gate (no writer preference)
-# it managed only ~25 in 20 s, waiting up to 3.7 s.
-MIN_TRANSACTIONS = int(4 * SECONDS)
+# 20 s). Two a second leaves a factor of six for a slower or busy machine (`make test` runs
+# the lake's tests beside the suite: ~75 then), and still fails a writer that readers crowd
+# out: with readers skipping the gate (no writer preference) it managed only ~25 in 20 s,
+# waiting up to 3.7 s.
+MIN_TRANSACTIONS = int(2 * SECONDS)
 # Writer preference bounds the wait: from the moment the writer holds the gate, no new
 # request enters, so it waits only for the requests already inside (each one short query
 # on a small file; under this load, 32 of them share 2 cores with the clients and the

@@ -50,6 +50,9 @@ T = TypeVar("T")
 # Timeouts far above any answer's time here, so a loaded machine cannot add a retry; the
 # tests of timeouts set their own.
 FAST = Politeness(backoff_seconds=0.01, timeout_seconds=5.0, attempts=3)
+# A wait asked for by the server, kept to within this: room for a busy machine, not for
+# waiting twice as long.
+SLACK_SECONDS = 0.9
 
 
 @pytest.fixture
@@ -109,7 +112,7 @@ def test_a_429_with_ratelimit_reset_waits_until_that_moment_then_retries(
 
     assert commit.rev == net.rev(ALICE)
     assert net.count(GET_LATEST_COMMIT) == 2
-    assert wanted - 0.1 <= elapsed < wanted + 0.5
+    assert wanted - 0.1 <= elapsed < wanted + SLACK_SECONDS
 
 
 @pytest.mark.parametrize(("retry_after", "at_least"), [("0", 0.0), ("1", 0.95)])
@@ -122,7 +125,7 @@ def test_a_429_with_retry_after_waits_that_many_seconds_then_retries(
 
     assert commit.rev == net.rev(ALICE)
     assert net.count(GET_LATEST_COMMIT) == 2
-    assert at_least <= elapsed < at_least + 0.5
+    assert at_least <= elapsed < at_least + SLACK_SECONDS
 
 
 def test_a_429_pauses_a_later_request_to_the_same_host(net: AtprotoStandIn) -> None:

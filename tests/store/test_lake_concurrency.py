@@ -34,6 +34,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
@@ -1041,3 +1042,53 @@ def test_a_writer_killed_inside_a_transaction_loses_nothing_and_a_new_one_goes_o
 
 if __name__ == "__main__":
     child(sys.argv[1:])
+
+
+# -- 3. a long transaction beside a stream of short ones ---------------------------------------
+
+LONG_SECONDS = 1.0  # inside the long transaction: several short ones would commit meanwhile
+
+
+def test_a_long_transaction_beside_a_stream_of_short_ones_commits_at_its_first_turn(
+    made_lake: LakeLocation,
+) -> None:
+    """Writers take turns (store/turns.py): a long transaction waits for the short one in
+    progress, then commits at its first attempt. Left to conflicts, one of the short ones
+    would always commit first and the long one would run again and again."""
+    short_store, long_store = LakeStore(made_lake), LakeStore(made_lake)
+    stop = threading.Event()
+    shorts: list[float] = []
+
+    def short_stream() -> None:
+        n = 0
+        while not stop.is_set():
+            batch = replace(batch_of(batch_events("short", 2 * n, 10.0)), cursor_us=None)
+            short_store.transact(functools.partial(apply_batch, batch=batch))
+            shorts.append(time.monotonic())
+            n += 1
+
+    attempts: list[float] = []
+
+    def long_write(con: duckdb.DuckDBPyConnection) -> ApplyResult:
+        attempts.append(time.monotonic())
+        time.sleep(LONG_SECONDS)
+        return apply_batch(con, batch_of(batch_events("long", 1, 1000.0)))
+
+    streaming = threading.Thread(target=short_stream)
+    streaming.start()
+    try:
+        while len(shorts) < 3:
+            time.sleep(0.01)
+        long_store.transact(long_write)
+        committed = time.monotonic()
+        while len(shorts) < 6:  # the stream goes on after it
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        streaming.join(60)
+        short_store.close()
+        long_store.close()
+    assert len(attempts) == 1, f"the long transaction ran {len(attempts)} times"
+    assert not [t for t in shorts if attempts[0] < t < committed - LONG_SECONDS / 2], (
+        "a short transaction committed inside the long one's turn"
+    )
