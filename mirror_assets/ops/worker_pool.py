@@ -83,7 +83,7 @@ class WorkerPoolRunLauncher(DefaultRunLauncher):
         if not spread:
             return live[0]
         runs = self._instance.get_runs(dg.RunsFilter(statuses=_RUNNING))
-        load = Counter(_worker_of(run.tags) for run in runs)
+        load = Counter(worker_of(run.tags) for run in runs)
         return min(live, key=lambda worker: load[worker])  # min keeps the first of ties
 
     @property
@@ -91,7 +91,7 @@ class WorkerPoolRunLauncher(DefaultRunLauncher):
         return True
 
     def check_run_worker_health(self, run: dg.DagsterRun) -> CheckRunHealthResult:
-        worker = _worker_of(run.tags)
+        worker = worker_of(run.tags)
         if worker is None:
             return CheckRunHealthResult(WorkerStatus.UNKNOWN, "the run names no worker")
         try:
@@ -132,7 +132,7 @@ def _answers(worker: tuple[str, int]) -> bool:
     return True
 
 
-def _worker_of(tags: Mapping[str, str]) -> tuple[str, int] | None:
+def worker_of(tags: Mapping[str, str]) -> tuple[str, int] | None:
     """The worker a launched run was handed to (the default launcher tags its address)."""
     if GRPC_INFO_TAG not in tags:
         return None

@@ -17,7 +17,6 @@ them. B's API comes back, and both APIs serve the state the scenario leads to.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Callable
@@ -26,11 +25,11 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster._core.storage.tags import GRPC_INFO_TAG
 
 from mirror_assets.config import LakeLocation
 from mirror_assets.model.backfills import DONE
 from mirror_assets.names import BACKFILL_JOB, INGEST_JOB
+from mirror_assets.ops.worker_pool import worker_of
 from mirror_assets.store.lake import LakeStore
 from tests.store.test_lake_concurrency import (
     CURSOR_KEY,
@@ -40,8 +39,7 @@ from tests.store.test_lake_concurrency import (
     by_uri,
     differences,
     duplicate_keys,
-    hidden_uris,
-    statuses_of,
+    state_problems,
     walk_records,
 )
 from tests.support.api_helpers import ApiProcess
@@ -145,12 +143,7 @@ def test_two_machines_share_the_backfills_and_one_killed_loses_nothing(
         finally:
             store.close()
         want = Expected.of(scenario.versions, scenario.statuses)
-        problems = [
-            *differences("records", got.records, want.records),
-            *differences("tombstones", got.tombstones, want.tombstones),
-            *differences("hidden", dict.fromkeys(hidden_uris(got)), dict.fromkeys(want.hidden)),
-            *differences("account statuses", statuses_of(got), scenario.statuses),
-        ]
+        problems = state_problems(got, want, scenario.statuses)
         assert not problems, "\n".join(problems)
         complete = {pair: status for pair, status in got.backfills.items() if status == "complete"}
         assert complete == {
@@ -184,8 +177,8 @@ def _runs(instance: dg.DagsterInstance, job: str) -> list[dg.DagsterRun]:
 
 def _worker(run: dg.DagsterRun) -> int | None:
     """The port of the code server the run was placed on."""
-    info = run.tags.get(GRPC_INFO_TAG)
-    return int(json.loads(info)["port"]) if info else None
+    worker = worker_of(run.tags)
+    return None if worker is None else worker[1]
 
 
 def _workers(instance: dg.DagsterInstance, job: str, started: bool) -> set[int | None]:
